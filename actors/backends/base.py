@@ -1,0 +1,43 @@
+"""The contract every model backend fulfils, so samplers never branch on model type."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class Codec(Protocol):
+    """Maps between latent frames and RGB video frames."""
+
+    def latent_frames(self, video_frames: int) -> int:
+        """Latent frames needed to produce at least `video_frames` frames."""
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Frames produced by decoding `latent_frames` latent frames from the start of a video."""
+
+    def decoder(self) -> ChunkDecoder:
+        """A fresh stateful decoder fed chunk by chunk, in order."""
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames [F, H, W, 3] -> latents [Ch, F', h, w]."""
+
+
+class ChunkDecoder(Protocol):
+    """Decodes a video chunk by chunk so memory never grows with length."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [Ch, C, h, w] -> uint8 RGB frames [f, H, W, 3]."""
+
+
+class Backend(Protocol):
+    """A velocity model: v = velocity(x[B, Ch, F, h, w], sigma[B, F], cond) with v ~ eps - x0."""
+
+    codec: Codec
+    latent_shape: tuple[int, int, int]  # (Ch, h, w) of one latent frame
+
+    def encode_prompt(self, text: str) -> Any:
+        """Prepare the conditioning of one prompt (a batch of one)."""
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The model's velocity estimate, same shape as x."""

@@ -1,0 +1,97 @@
+"""SkyReels-V2 diffusion-forcing transformer (diffusers) behind the velocity contract, one timestep per frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from actors.backends.text import TextEncoder, load_text_encoder
+from actors.codecs import IdentityCodec, WanVaeCodec
+from orchestrator.config import ModelConfig
+from orchestrator.errors import UserError
+
+TRAIN_TIMESTEPS = 1000  # SkyReels / Wan flow-matching models take t = 1000 * sigma
+
+
+@dataclass
+class TextCond:
+    """Prompt embeddings for one stream: positive [1, L, D] and, with guidance, negative [1, L, D]."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor | None
+
+
+def _has_component(path: str, name: str) -> bool:
+    """Local folders are inspected; hub ids are assumed to carry the full SkyReels-V2 layout."""
+    folder = Path(path)
+    return (folder / name).is_dir() if folder.is_dir() else True
+
+
+class SkyReelsBackend:
+    """Velocity from SkyReelsV2Transformer3DModel with enable_diffusion_forcing=True and CFG."""
+
+    def __init__(self, cfg: ModelConfig):
+        from diffusers import AutoencoderKLWan, SkyReelsV2Transformer3DModel
+
+        self.device = torch.device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.guidance = cfg.guidance_scale
+        self.negative_prompt = cfg.negative_prompt
+        try:
+            self.transformer = SkyReelsV2Transformer3DModel.from_pretrained(
+                cfg.path, subfolder="transformer", torch_dtype=self.dtype
+            ).to(self.device).eval()
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load a SkyReels-V2 transformer from '{cfg.path}': {err}") from None
+        if _has_component(cfg.path, "vae"):
+            vae = AutoencoderKLWan.from_pretrained(cfg.path, subfolder="vae").to(self.device)
+            self.codec = WanVaeCodec(vae)
+            spatial = vae.config.scale_factor_spatial
+        else:
+            self.codec = IdentityCodec(self.transformer.config.in_channels)
+            spatial = 1
+        self.latent_shape = self._latent_shape(cfg, spatial)
+        self.text: TextEncoder = load_text_encoder(cfg, self.device)
+        text_dim = self.transformer.config.text_dim
+        if self.text.dim != text_dim:
+            raise UserError(
+                f"text encoder '{self.text.name}' gives {self.text.dim}-dim embeddings "
+                f"but the transformer expects text_dim={text_dim}"
+            )
+
+    def _latent_shape(self, cfg: ModelConfig, spatial: int) -> tuple[int, int, int]:
+        _, patch_h, patch_w = self.transformer.config.patch_size
+        if cfg.height % (spatial * patch_h) or cfg.width % (spatial * patch_w):
+            raise UserError(
+                f"model.height and model.width must be multiples of {spatial * patch_h} and "
+                f"{spatial * patch_w} for this model, got {cfg.height}x{cfg.width}"
+            )
+        return (self.transformer.config.in_channels, cfg.height // spatial, cfg.width // spatial)
+
+    def encode_prompt(self, text: str) -> TextCond:
+        positive = self.text.encode(text).to(self.dtype)  # [1, L, D]
+        negative = self.text.encode(self.negative_prompt).to(self.dtype) if self.guidance != 1 else None
+        return TextCond(positive, negative)
+
+    @torch.no_grad()
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond) -> torch.Tensor:
+        """x [B, Ch, F, h, w], sigma [B, F] -> v [B, Ch, F, h, w]; cond holds B streams' embeddings."""
+        hidden = x.to(self.device, self.dtype)
+        timestep = (sigma * TRAIN_TIMESTEPS).to(self.device, torch.float32)  # [B, F]
+        text = cond.positive
+        if cond.negative is not None:  # one batched call for both branches
+            hidden, timestep = hidden.repeat(2, 1, 1, 1, 1), timestep.repeat(2, 1)
+            text = torch.cat([cond.positive, cond.negative])  # [2B, L, D]
+        out = self.transformer(
+            hidden_states=hidden,
+            timestep=timestep,
+            encoder_hidden_states=text,
+            enable_diffusion_forcing=True,
+            return_dict=False,
+        )[0].float()  # [B or 2B, Ch, F, h, w]
+        if cond.negative is not None:
+            conditional, unconditional = out.chunk(2)
+            out = unconditional + self.guidance * (conditional - unconditional)
+        return out.to(x.device)

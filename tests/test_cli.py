@@ -1,0 +1,128 @@
+"""The `pavdm generate` command end to end: outputs, determinism, and one-line errors for bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import probe_mp4
+
+from orchestrator.cli import main
+from orchestrator.outputs import read_latents
+
+GAUSSIAN = ["--model", "gaussian", "--quiet", "model.height=16", "model.width=16"]
+
+
+def generate(tmp_path: Path, *args: str, name: str = "video.mp4") -> Path:
+    out = tmp_path / name
+    assert main(["generate", *GAUSSIAN, "--out", str(out), *args]) == 0
+    return out
+
+
+def test_gaussian_video_has_exact_frame_count_and_saved_config(tmp_path):
+    out = generate(tmp_path, "--seconds", "3.3", "--fps", "10", "--latents-out", str(tmp_path / "l.arrow"))
+    assert probe_mp4(out) == (33, 16, 16, "h264")
+    assert (tmp_path / "video.config.yaml").read_text().count("seconds: 3.3") == 1
+    table = pa.ipc.open_file(str(tmp_path / "l.arrow")).read_all()
+    assert table.column("frame").to_pylist() == list(range(33))
+    assert read_latents(tmp_path / "l.arrow").shape == (3, 33, 16, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.arrow", "video.config.yaml", "video.mp4"]
+
+
+def test_same_seed_same_latents_other_seed_differs(tmp_path):
+    paths = []
+    for name, seed in [("a", "1"), ("b", "1"), ("c", "2")]:
+        latents = tmp_path / f"{name}.arrow"
+        generate(tmp_path, "--seconds", "2", "--seed", seed, "--latents-out", str(latents), name=f"{name}.mp4")
+        paths.append(latents.read_bytes())
+    assert paths[0] == paths[1]
+    assert paths[0] != paths[2]
+
+
+def test_init_latents_continue_a_video(tmp_path):
+    first = tmp_path / "first.arrow"
+    generate(tmp_path, "--seconds", "2", "--latents-out", str(first), name="first.mp4")
+    out = generate(tmp_path, "--seconds", "1", "--init-latents", str(first), name="second.mp4")
+    assert probe_mp4(out)[0] == 8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seconds", "0"], "seconds must be > 0"),
+        (["--fps", "-5"], "fps must be > 0"),
+        (["schedule.steps=31"], "schedule.steps (31) must be a multiple of schedule.noisy_chunks (6)"),
+        (["schedule.no_such_key=1"], "schedule.no_such_key"),
+        (["schedule.steps=many"], "schedule.steps"),
+        (["--prompt", ""], "empty prompt"),
+        (["--prompt", "5:late start"], "first prompt must start at 0"),
+        (["pipeline.stages=9"], "exceeds the 6 noisy chunks"),
+        (["--init-latents", "/nonexistent/clip.arrow"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, message):
+    out = tmp_path / "video.mp4"
+    assert main(["generate", *GAUSSIAN, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "neither a model config" in err and err.count("\n") == 1
+
+
+def test_unwritable_out(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    assert main(["generate", *GAUSSIAN, "--out", str(tmp_path / "missing" / "v.mp4")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", *GAUSSIAN, "--out", str(locked)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_console_exit_code_and_single_line_from_a_subprocess(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "generate", "--seconds", "-1", "--out", str(tmp_path / "v.mp4")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["pavdm: error: seconds must be > 0, got -1.0"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--seconds", "soon"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [[], ["generate"]])
+def test_help_is_complete(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = capsys.readouterr().out
+    for word in (["generate"] if not command else ["--prompt", "--seconds", "--fps", "--seed", "--out",
+                                                    "--model", "--config", "--latents-out", "KEY=VALUE"]):
+        assert word in text
+
+
+def test_diffusers_pixel_model_makes_an_mp4(tmp_path, tiny_pixel_model):
+    out = tmp_path / "sky.mp4"
+    code = main(["generate", "--model", str(tiny_pixel_model), "--quiet", "--seconds", "2.5", "--fps", "6",
+                 "--out", str(out), "model.height=16", "model.width=24", "model.guidance_scale=2.0"])
+    assert code == 0
+    assert probe_mp4(out) == (15, 24, 16, "h264")
+
+
+def test_diffusers_vae_model_with_folder_text_encoder(tmp_path, tiny_vae_model):
+    out = tmp_path / "sky.mp4"
+    code = main(["generate", "--model", str(tiny_vae_model), "--quiet", "--seconds", "2", "--fps", "7",
+                 "--out", str(out), "model.height=16", "model.width=16", "schedule.chunk=2",
+                 "schedule.noisy_chunks=3", "schedule.steps=6"])
+    assert code == 0
+    assert probe_mp4(out) == (14, 16, 16, "h264")

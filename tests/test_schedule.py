@@ -1,0 +1,104 @@
+"""Schedule invariants for many window shapes and frame counts (property-based, no model, no Ray)."""
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.partition import Partition, band_views
+from orchestrator.schedule import Geometry, chunks_for_frames, level_sigmas, ticks, total_ticks
+
+geometries = st.builds(
+    lambda kind, c, n, s, k, r: Geometry(kind, 1 if kind == "fifo" else c, n * s if kind == "fifo" else n,
+                                         n * s, k, r),
+    st.sampled_from(["progressive", "fifo", "chunked", "replace_noise"]),
+    st.integers(1, 6), st.integers(1, 7), st.integers(1, 5), st.integers(0, 3), st.floats(0.5, 8.0),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(geometries, st.integers(1, 80), st.integers(0, 4))
+def test_every_chunk_gets_exactly_s_updates_down_to_zero(g, frames, init_chunks):
+    num_chunks = chunks_for_frames(frames, g)
+    history = defaultdict(list)
+    finished = []
+    for tick in ticks(g, num_chunks, init_chunks):
+        for u in tick.noisy:
+            history[u.chunk].append((u.level_before, u.level_after))
+        finished += tick.finished
+    assert finished == list(range(num_chunks))
+    assert num_chunks * g.chunk >= frames > (num_chunks - 1) * g.chunk
+    for m in range(num_chunks):
+        assert history[m] == [(lv, lv - 1) for lv in range(g.steps, 0, -1)], m
+
+
+@settings(max_examples=150, deadline=None)
+@given(geometries, st.integers(1, 60))
+def test_window_levels_increase_oldest_to_newest(g, num_chunks):
+    for tick in ticks(g, num_chunks):
+        levels = [c.level for c in tick.context] + [u.level_before for u in tick.noisy]
+        noisy = [u.level_before for u in tick.noisy]
+        assert all(0 <= lv <= g.steps for lv in levels)
+        if g.kind in ("progressive", "fifo"):
+            assert all(b - a == g.substeps for a, b in zip(noisy, noisy[1:], strict=False))
+            assert all(c.level == 0 for c in tick.context)
+            assert not tick.context or noisy[0] > 0
+        else:
+            assert len(set(noisy)) == 1
+        positions = [u.position for u in tick.noisy]
+        assert positions == sorted(positions) and len(set(positions)) == len(positions)
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometries, st.integers(1, 60))
+def test_number_of_model_calls(g, num_chunks):
+    count = sum(1 for _ in ticks(g, num_chunks))
+    assert count == total_ticks(g, num_chunks)
+    if g.kind in ("progressive", "fifo"):
+        assert count == g.substeps * (num_chunks + g.noisy - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometries, st.integers(1, 40), st.integers(0, 5))
+def test_context_is_the_last_finished_chunks(g, num_chunks, init_chunks):
+    done = list(range(-init_chunks, 0))
+    for tick in ticks(g, num_chunks, init_chunks):
+        expected = done[-g.context:] if g.context else []
+        assert [c.chunk for c in tick.context] == expected
+        done += list(tick.finished)
+
+
+def test_paper_configuration_levels():
+    g = Geometry("progressive", 5, 6, 30, 1, 3.7)
+    first_full = next(t for t in ticks(g, 20) if t.shift == 5 and t.substep == 0)
+    assert [u.level_before for u in first_full.noisy] == [5, 10, 15, 20, 25, 30]
+    last_sub = next(t for t in ticks(g, 20) if t.shift == 5 and t.substep == 4)
+    assert [u.level_after for u in last_sub.noisy] == [0, 5, 10, 15, 20, 25]
+    assert last_sub.finished == (0,)
+    sig = level_sigmas(30, 3.7)
+    assert sig[0] == 0 and sig[-1] == 1 and bool((sig[1:] > sig[:-1]).all())
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometries, st.integers(1, 30), st.integers(1, 7), st.one_of(st.none(), st.integers(0, 8)))
+def test_bands_cover_every_noisy_chunk_once(g, num_chunks, stages, halo):
+    stages = min(stages, g.noisy)
+    partition = Partition(stages, halo)
+    bands = partition.bands(g.noisy)
+    assert sorted(p for band in bands for p in band) == list(range(g.noisy))
+    assert bands[0].stop == g.noisy  # stage 0 owns the newest positions
+    for tick in ticks(g, num_chunks):
+        owned = []
+        for view in band_views(tick, partition, g.noisy):
+            assert view.start <= view.own.start and view.own.stop <= view.stop
+            owned += list(view.own)
+        n_ctx = len(tick.context)
+        assert sorted(owned) == list(range(n_ctx, n_ctx + len(tick.noisy)))
+
+
+def test_too_many_stages_is_a_user_error():
+    from orchestrator.errors import UserError
+
+    with pytest.raises(UserError, match="exceeds the 6 noisy chunks"):
+        Partition.from_config(7, 1, 6)

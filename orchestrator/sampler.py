@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from orchestrator.partition import Partition, band_views
+from orchestrator.partition import BandView, Partition, band_views
 from orchestrator.schedule import Geometry, Tick, level_sigmas, ticks
 
 
@@ -44,23 +44,34 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: fl
     return x + (sigma_to - sigma_from) * v
 
 
-def _window_sequence(
-    tick: Tick, clean: dict[int, torch.Tensor], noisy: dict[int, torch.Tensor], noise: NoiseSource,
-    sigmas: torch.Tensor,
-) -> tuple[list[torch.Tensor], list[float]]:
-    """Chunk tensors and sigmas of the tick's window, context first; re-noised context for replace_noise."""
+def band_inputs(
+    tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource, sigmas: torch.Tensor
+) -> tuple[list[torch.Tensor], list[float], list[tuple[int, float]]]:
+    """What one band's call reads: the slice's chunk tensors and sigmas (oldest first), and for every chunk
+    it updates, (slot in the slice, target sigma). Context at a level > 0 is re-noised (replace_noise)."""
+    entries = [(c.chunk, c.level, True) for c in tick.context] + [(u.chunk, u.level_before, False) for u in tick.noisy]
     tensors, levels = [], []
-    for ctx in tick.context:
-        x0 = clean[ctx.chunk]
-        if ctx.level:
-            sig = float(sigmas[ctx.level])
-            x0 = (1 - sig) * x0 + sig * noise.renoise(tick.index, ctx.chunk)
-        tensors.append(x0)
-        levels.append(float(sigmas[ctx.level]))
-    for update in tick.noisy:
-        tensors.append(noisy[update.chunk])
-        levels.append(float(sigmas[update.level_before]))
-    return tensors, levels
+    for chunk, level, is_context in entries[view.start : view.stop]:
+        sig = float(sigmas[level])
+        x = chunks[chunk]
+        if is_context and level:
+            x = (1 - sig) * x + sig * noise.renoise(tick.index, chunk)
+        tensors.append(x)
+        levels.append(sig)
+    n_context = len(tick.context)
+    own = [(i - view.start, float(sigmas[tick.noisy[i - n_context].level_after])) for i in view.own]
+    return tensors, levels, own
+
+
+def denoise_band(
+    velocity: VelocityFn, chunks: list[torch.Tensor], sigmas: list[float], own: list[tuple[int, float]], cond: Any
+) -> list[torch.Tensor]:
+    """One model call on a band's slice (each chunk [Ch, C, h, w]); Euler-updates only the band's own chunks."""
+    frames = chunks[0].shape[1]
+    x = torch.cat(chunks, dim=1)[None]  # [1, Ch, F, h, w]
+    sig = torch.tensor(sigmas, dtype=torch.float32).repeat_interleave(frames)[None]  # [1, F]
+    v = velocity(x, sig, cond)[0].split(frames, dim=1)  # F/C x [Ch, C, h, w]
+    return [euler_step(chunks[slot], v[slot], sigmas[slot], target) for slot, target in own]
 
 
 def sample(
@@ -88,21 +99,13 @@ def sample(
     for tick in ticks(geometry, num_chunks, len(init)):
         for m in tick.entering:
             noisy[m] = noise.chunk(m)
-        tensors, levels = _window_sequence(tick, clean, noisy, noise, sigmas)
-        n_context = len(tick.context)
+        lookup = clean | noisy
         cond = cond_at(tick.cond_chunk)
         updated = {}
         for view in band_views(tick, partition, geometry.noisy):
-            x = torch.cat(tensors[view.start : view.stop], dim=1)[None]  # [1, Ch, F, H, W]
-            sig = torch.tensor(levels[view.start : view.stop], dtype=torch.float32)
-            sig = sig.repeat_interleave(geometry.chunk)[None]  # [1, F]
-            v = velocity(x, sig, cond)[0].split(geometry.chunk, dim=1)  # F/C x [Ch, C, H, W]
-            for i in view.own:
-                update = tick.noisy[i - n_context]
-                updated[update.chunk] = euler_step(
-                    tensors[i], v[i - view.start],
-                    float(sigmas[update.level_before]), float(sigmas[update.level_after]),
-                )
+            new = denoise_band(velocity, *band_inputs(tick, view, lookup, noise, sigmas), cond)
+            for i, x in zip(view.own, new, strict=True):
+                updated[tick.noisy[i - len(tick.context)].chunk] = x
         noisy.update(updated)
         if on_tick is not None:
             on_tick(tick)

@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test prometheus bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pavdm generate --model gaussian --seconds 60 --fps 8 --seed 0 --out demo.mp4
 
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The metrics test scrapes a real Prometheus server (Debian's package; the test starts it on loopback).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+		echo "installing Debian's prometheus package for the metrics test"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampler_overhead.py

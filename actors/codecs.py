@@ -23,18 +23,33 @@ def as_rgb(latents: torch.Tensor) -> torch.Tensor:
     return latents[:3] if latents.shape[0] >= 3 else latents[:1].expand(3, *latents.shape[1:])
 
 
-class IdentityCodec:
+class FrameCount:
+    """How many video frames a run of latent frames decodes to: identity (temporal = None), or a causal VAE
+    whose first latent frame gives one frame and every further latent frame gives `temporal` frames."""
+
+    def __init__(self, temporal: int | None = None):
+        self.temporal = temporal
+
+    def latent_frames(self, video_frames: int) -> int:
+        """Latent frames needed to produce at least `video_frames` frames."""
+        if self.temporal is None:
+            return video_frames
+        return 1 + math.ceil(max(video_frames - 1, 0) / self.temporal)
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Frames produced by decoding `latent_frames` latent frames from the start of a video."""
+        if self.temporal is None or latent_frames == 0:
+            return latent_frames
+        return 1 + self.temporal * (latent_frames - 1)
+
+
+class IdentityCodec(FrameCount):
     """Pixel-space models: a latent frame is a video frame; `scale` maps latents onto [-1, 1]."""
 
     def __init__(self, channels: int, scale: float = 1.0):
+        super().__init__(None)
         self.channels = channels
         self.scale = scale
-
-    def latent_frames(self, video_frames: int) -> int:
-        return video_frames
-
-    def video_frames(self, latent_frames: int) -> int:
-        return latent_frames
 
     def decoder(self) -> IdentityCodec:
         return self
@@ -49,21 +64,15 @@ class IdentityCodec:
         return rgb.mean(0, keepdim=True).expand(self.channels, *rgb.shape[1:]).clone()
 
 
-class WanVaeCodec:
+class WanVaeCodec(FrameCount):
     """AutoencoderKLWan with normalised latents: 1 latent frame -> 1 frame, then 1 -> `temporal` frames."""
 
     def __init__(self, vae):
+        super().__init__(vae.config.scale_factor_temporal)
         self.vae = vae.eval()
-        self.temporal = vae.config.scale_factor_temporal
         z_dim = vae.config.z_dim
         self.mean = torch.tensor(vae.config.latents_mean).view(z_dim, 1, 1, 1)
         self.std = torch.tensor(vae.config.latents_std).view(z_dim, 1, 1, 1)
-
-    def latent_frames(self, video_frames: int) -> int:
-        return 1 + math.ceil(max(video_frames - 1, 0) / self.temporal)
-
-    def video_frames(self, latent_frames: int) -> int:
-        return 1 + self.temporal * (latent_frames - 1) if latent_frames else 0
 
     def decoder(self) -> StreamingWanDecoder:
         return StreamingWanDecoder(self)

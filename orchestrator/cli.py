@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"generate": run_generate}[args.command](args)
     except UserError as err:
-        print(f"pavdm: error: {err}", file=sys.stderr)
+        print(f"pavdm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pavdm: interrupted", file=sys.stderr)

@@ -71,9 +71,30 @@ class PipelineConfig:
     """How the window is split into noise-level bands (DESIGN §2)."""
 
     stages: int = 1
-    """P: number of bands (stages); 1 is plain PA-VDM."""
+    """P: stage actors on Ray, each owning one band (1 is plain PA-VDM); 0 runs the reference sampler
+    in this process without Ray."""
     halo: Any = "all"
-    """h: neighbouring chunks each band sees on each side, an integer >= 0 or 'all'."""
+    """h: neighbouring chunks each band sees on each side, an integer >= 0 or 'all' (exact PA-VDM)."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves per stage actor; fractions allowed (e.g. 0.5 to fit several stages on a core)."""
+    num_gpus: float = 0.0
+    """GPUs Ray reserves per stage actor; fractions allowed."""
+    threads: int = 0
+    """Torch threads per stage actor; 0 = max(1, round(num_cpus))."""
+    lookahead: int = 2
+    """Ticks the controller submits ahead of the slowest finished one."""
+    ray_address: str = ""
+    """Ray cluster to join; empty = RAY_ADDRESS if set, else start a local cluster."""
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus metrics served by the controller."""
+
+    port: int = 9464
+    """HTTP port of the /metrics endpoint; 0 disables it."""
+    host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to (0.0.0.0 to let a remote Prometheus scrape it)."""
 
 
 @dataclass
@@ -106,6 +127,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def packaged_config_dir() -> Path:
@@ -198,8 +220,12 @@ def validate(config: Config) -> None:
     halo = config.pipeline.halo
     if not (halo == "all" or (isinstance(halo, int) and not isinstance(halo, bool) and halo >= 0)):
         raise UserError(f"pipeline.halo must be an integer >= 0 or 'all', got {halo!r}")
-    if config.pipeline.stages < 1:
-        raise UserError(f"pipeline.stages must be >= 1, got {config.pipeline.stages}")
+    if config.pipeline.stages < 0:
+        raise UserError(f"pipeline.stages must be >= 0 (0 = in process), got {config.pipeline.stages}")
+    if config.pipeline.num_cpus < 0 or config.pipeline.num_gpus < 0:
+        raise UserError("pipeline.num_cpus and pipeline.num_gpus must be >= 0")
+    if not 0 <= config.metrics.port < 65536:
+        raise UserError(f"metrics.port must be in 0..65535, got {config.metrics.port}")
     if not config.prompts:
         raise UserError("at least one prompt is required")
 

@@ -6,6 +6,7 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
+from actors.codecs import FrameCount
 from orchestrator.errors import UserError
 
 MAX_PROMPT_CHARS = 2000
@@ -44,3 +45,16 @@ class PromptSchedule:
     def at(self, seconds: float) -> str:
         """The prompt active at a time in the video."""
         return self.texts[bisect_right(self.starts, seconds) - 1]
+
+
+@dataclass(frozen=True)
+class ChunkPrompts:
+    """The prompt of chunk m: the one active when its first frame is shown."""
+
+    schedule: PromptSchedule
+    frames: FrameCount
+    chunk: int  # latent frames per chunk
+    fps: float
+
+    def of(self, m: int) -> str:
+        return self.schedule.at(self.frames.video_frames(m * self.chunk) / self.fps)

@@ -11,7 +11,8 @@ from conftest import probe_mp4
 from orchestrator.cli import main
 from orchestrator.outputs import read_latents
 
-GAUSSIAN = ["--model", "gaussian", "--quiet", "model.height=16", "model.width=16"]
+GAUSSIAN = ["--model", "gaussian", "--quiet", "model.height=16", "model.width=16", "pipeline.stages=0"]
+IN_PROCESS = ["--quiet", "pipeline.stages=0"]
 
 
 def generate(tmp_path: Path, *args: str, name: str = "video.mp4") -> Path:
@@ -113,7 +114,7 @@ def test_help_is_complete(command, capsys):
 
 def test_diffusers_pixel_model_makes_an_mp4(tmp_path, tiny_pixel_model):
     out = tmp_path / "sky.mp4"
-    code = main(["generate", "--model", str(tiny_pixel_model), "--quiet", "--seconds", "2.5", "--fps", "6",
+    code = main(["generate", "--model", str(tiny_pixel_model), *IN_PROCESS, "--seconds", "2.5", "--fps", "6",
                  "--out", str(out), "model.height=16", "model.width=24", "model.guidance_scale=2.0"])
     assert code == 0
     assert probe_mp4(out) == (15, 24, 16, "h264")
@@ -121,7 +122,7 @@ def test_diffusers_pixel_model_makes_an_mp4(tmp_path, tiny_pixel_model):
 
 def test_diffusers_vae_model_with_folder_text_encoder(tmp_path, tiny_vae_model):
     out = tmp_path / "sky.mp4"
-    code = main(["generate", "--model", str(tiny_vae_model), "--quiet", "--seconds", "2", "--fps", "7",
+    code = main(["generate", "--model", str(tiny_vae_model), *IN_PROCESS, "--seconds", "2", "--fps", "7",
                  "--out", str(out), "model.height=16", "model.width=16", "schedule.chunk=2",
                  "schedule.noisy_chunks=3", "schedule.steps=6"])
     assert code == 0

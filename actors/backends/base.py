@@ -41,3 +41,16 @@ class Backend(Protocol):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         """The model's velocity estimate, same shape as x."""
+
+
+class PromptEncodings:
+    """Each prompt encoded once by a backend, then reused for every call it conditions."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.cache: dict[str, Any] = {}
+
+    def get(self, text: str) -> Any:
+        if text not in self.cache:
+            self.cache[text] = self.backend.encode_prompt(text)
+        return self.cache[text]

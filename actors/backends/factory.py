@@ -1,8 +1,9 @@
-"""Build the backend a model config names."""
+"""Build the backend, codec or frame arithmetic a model config names."""
 
 from __future__ import annotations
 
-from actors.backends.base import Backend
+from actors.backends.base import Backend, Codec
+from actors.codecs import FrameCount
 from orchestrator.config import ModelConfig
 
 
@@ -15,3 +16,23 @@ def build_backend(cfg: ModelConfig) -> Backend:
     from actors.backends.skyreels import SkyReelsBackend
 
     return SkyReelsBackend(cfg)
+
+
+def build_codec(cfg: ModelConfig) -> Codec:
+    """The codec alone, for a process that decodes but never calls the model (the sink)."""
+    if cfg.backend == "gaussian":
+        from actors.backends.gaussian import gaussian_codec
+
+        return gaussian_codec(cfg)
+    from actors.backends.skyreels import skyreels_codec
+
+    return skyreels_codec(cfg)
+
+
+def frame_count(cfg: ModelConfig) -> FrameCount:
+    """Latent <-> video frame arithmetic without loading any weights (the controller)."""
+    if cfg.backend == "gaussian":
+        return FrameCount()
+    from actors.backends.skyreels import skyreels_frame_count
+
+    return skyreels_frame_count(cfg)

@@ -36,6 +36,11 @@ def temporal_covariance(frames: int, rho: float) -> torch.Tensor:
     return rho ** (idx[:, None] - idx[None, :]).abs()
 
 
+def gaussian_codec(cfg: ModelConfig) -> IdentityCodec:
+    """Frames are rendered directly; +-3 standard deviations fill the colour range."""
+    return IdentityCodec(cfg.channels, scale=1 / 3)
+
+
 class GaussianProcessBackend:
     """The exact velocity of the AR(1) x spectral Gaussian process; conditioning is ignored."""
 
@@ -44,7 +49,7 @@ class GaussianProcessBackend:
         self.latent_shape = (cfg.channels, cfg.height, cfg.width)
         self.spectrum = power_spectrum(cfg.height, cfg.width, cfg.spectrum_exponent, cfg.spectrum_k0)
         self.levels, self.mode_level = torch.unique(self.spectrum.flatten(), return_inverse=True)  # [U], [HW]
-        self.codec = IdentityCodec(cfg.channels, scale=1 / 3)  # +-3 standard deviations fill the range
+        self.codec = gaussian_codec(cfg)
 
     def encode_prompt(self, text: str) -> None:
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from actors.backends.text import TextEncoder, load_text_encoder
-from actors.codecs import IdentityCodec, WanVaeCodec
+from actors.codecs import FrameCount, IdentityCodec, WanVaeCodec
 from orchestrator.config import ModelConfig
 from orchestrator.errors import UserError
 
@@ -29,11 +29,30 @@ def _has_component(path: str, name: str) -> bool:
     return (folder / name).is_dir() if folder.is_dir() else True
 
 
+def skyreels_codec(cfg: ModelConfig) -> IdentityCodec | WanVaeCodec:
+    """The folder's AutoencoderKLWan, or the identity for a pixel-space model (no vae/ folder)."""
+    from diffusers import AutoencoderKLWan, SkyReelsV2Transformer3DModel
+
+    if _has_component(cfg.path, "vae"):
+        return WanVaeCodec(AutoencoderKLWan.from_pretrained(cfg.path, subfolder="vae").to(cfg.device))
+    channels = SkyReelsV2Transformer3DModel.load_config(cfg.path, subfolder="transformer")["in_channels"]
+    return IdentityCodec(channels)
+
+
+def skyreels_frame_count(cfg: ModelConfig) -> FrameCount:
+    """The codec's frame arithmetic from the VAE config alone, without loading weights."""
+    from diffusers import AutoencoderKLWan
+
+    if _has_component(cfg.path, "vae"):
+        return FrameCount(AutoencoderKLWan.load_config(cfg.path, subfolder="vae")["scale_factor_temporal"])
+    return FrameCount()
+
+
 class SkyReelsBackend:
     """Velocity from SkyReelsV2Transformer3DModel with enable_diffusion_forcing=True and CFG."""
 
     def __init__(self, cfg: ModelConfig):
-        from diffusers import AutoencoderKLWan, SkyReelsV2Transformer3DModel
+        from diffusers import SkyReelsV2Transformer3DModel
 
         self.device = torch.device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
@@ -45,13 +64,8 @@ class SkyReelsBackend:
             ).to(self.device).eval()
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load a SkyReels-V2 transformer from '{cfg.path}': {err}") from None
-        if _has_component(cfg.path, "vae"):
-            vae = AutoencoderKLWan.from_pretrained(cfg.path, subfolder="vae").to(self.device)
-            self.codec = WanVaeCodec(vae)
-            spatial = vae.config.scale_factor_spatial
-        else:
-            self.codec = IdentityCodec(self.transformer.config.in_channels)
-            spatial = 1
+        self.codec = skyreels_codec(cfg)
+        spatial = self.codec.vae.config.scale_factor_spatial if isinstance(self.codec, WanVaeCodec) else 1
         self.latent_shape = self._latent_shape(cfg, spatial)
         self.text: TextEncoder = load_text_encoder(cfg, self.device)
         text_dim = self.transformer.config.text_dim

@@ -54,6 +54,12 @@ class IdentityCodec(FrameCount):
     def decoder(self) -> IdentityCodec:
         return self
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return to_uint8(as_rgb(latents.float()) * self.scale)  # [f, H, W, 3]
 
@@ -84,6 +90,9 @@ class WanVaeCodec(FrameCount):
         return (z - self.mean) / self.std
 
 
+REPLICATE = "Rep"  # the Wan decoder's cache marker for "repeat the first frame"
+
+
 class StreamingWanDecoder:
     """Decodes latent frames one at a time, keeping the causal decoder's feature cache across chunks,
     so decoding chunk by chunk equals decoding the whole video at once."""
@@ -95,6 +104,26 @@ class StreamingWanDecoder:
         causal_convs = sum(isinstance(m, WanCausalConv3d) for m in codec.vae.decoder.modules())
         self.cache = [None] * causal_convs  # one cached feature slot per causal convolution
         self.first = True
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The causal cache as named tensors, so a resumed run decodes exactly as an uninterrupted one."""
+        state = {"first": torch.tensor([int(self.first)])}
+        for i, entry in enumerate(self.cache):
+            if isinstance(entry, torch.Tensor):
+                state[f"cache/{i}"] = entry
+            elif entry == REPLICATE:
+                state[f"replicate/{i}"] = torch.empty(0)
+        return state
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.first = bool(state["first"].item())
+        self.cache = [None] * len(self.cache)
+        for name, tensor in state.items():
+            kind, _, index = name.partition("/")
+            if kind == "cache":
+                self.cache[int(index)] = tensor.to(self.codec.vae.dtype)
+            elif kind == "replicate":
+                self.cache[int(index)] = REPLICATE
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ray
 import torch
 
 from actors.backends.factory import build_codec
 from orchestrator.config import Config
 from orchestrator.prompts import ChunkPrompts
-from orchestrator.video_sink import VideoSink, VideoSize
+from orchestrator.video_sink import SinkState, VideoSink, VideoSize
 
 
 @ray.remote(concurrency_groups={"subscribers": 8})
@@ -19,12 +21,17 @@ class Sink:
         self.video: VideoSink | None = None
         self.codec_key = None
 
-    def open(self, config: Config, size: VideoSize, prompts: ChunkPrompts) -> None:
-        """Start a video; the codec is built once per model."""
+    def open(self, config: Config, size: VideoSize, prompts: ChunkPrompts, workdir: str,
+             resume: SinkState | None) -> None:
+        """Start (or resume) a video writing segments into `workdir`; the codec is built once per model."""
         key = repr(config.model)
         if key != self.codec_key:
             self.codec, self.codec_key = build_codec(config.model), key
-        self.video = VideoSink(config, self.codec, size, prompts)
+        self.video = VideoSink(config, self.codec, size, prompts, Path(workdir), resume)
+
+    def checkpoint(self) -> SinkState:
+        """Close the open segments; everything written so far is durable."""
+        return self.video.checkpoint()
 
     def write(self, *emitted: list[tuple[int, torch.Tensor]]) -> int:
         """Chunks emitted by one tick, from one or more stages; returns frames written so far."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -59,12 +60,15 @@ class Stage:
             raise UserError(self.error)
         return self.backend.latent_shape
 
-    def start(self, seed: int, geometry: Geometry, context: dict[int, torch.Tensor]) -> None:
-        """Begin a video: clear the band; the last stage receives the initial clip's context chunks."""
+    def start(self, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> None:
+        """Begin (or resume) a video holding `chunks`: its band's share of the window."""
         shape = (self.backend.latent_shape[0], geometry.chunk, *self.backend.latent_shape[1:])
         self.noise = NoiseSource(seed, shape)
         self.sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]
-        self.store = dict(context)
+        self.store = dict(chunks)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def tick(
         self, plan: StageTick, *peers: dict[int, torch.Tensor]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from orchestrator.config import Config, load_config, model_names, validate
-from orchestrator.errors import UserError
+from orchestrator.errors import RunFailed, UserError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,6 +67,20 @@ def build_parser() -> Parser:
                      help="extra YAML config merged over the defaults; repeatable")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    res = commands.add_parser(
+        "resume",
+        help="continue a stopped run",
+        description="Continue a stopped run from its newest valid checkpoint. Overrides may change how it runs "
+                    "(pipeline.*, metrics.*, checkpoint.*) but not what it makes (model, schedule, seed, prompts).",
+    )
+    res.add_argument("run", metavar="RUN", help="run id (under --root) or run folder")
+    res.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
+    res.add_argument("--quiet", action="store_true", help="no progress bar")
+    res.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    lst = commands.add_parser("runs", help="list runs", description="List runs with their state and progress.")
+    lst.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
     return parser
 
 
@@ -85,23 +102,50 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = apply_flags(load_config(args.config, args.overrides, model=args.model), args)
     result = generate(config, progress=not args.quiet)
-    print(f"wrote {result.out} ({result.frames} frames, {result.seconds:.1f} s)")
+    print(f"wrote {result.out} ({result.frames} frames, {result.seconds:.1f} s, run {result.run_id})")
+    return 0
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from orchestrator.generate import resume
+
+    result = resume(args.run, args.root, args.overrides, progress=not args.quiet)
+    print(f"wrote {result.out} ({result.frames} frames, {result.seconds:.1f} s, run {result.run_id})")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from orchestrator.runs import list_runs
+
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}/")
+        return 0
+    print(f"{'RUN':28s} {'STATE':12s} {'FRAMES':>17s}  UPDATED              OUTPUT")
+    for status in runs:
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.updated))
+        progress = f"{status.frames_written}/{status.frames_total}"
+        print(f"{status.run_id:28s} {status.shown_state:12s} {progress:>17s}  {updated}  {status.out}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="pavdm: warning: %(message)s")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:  # KEY=VALUE overrides may also come between or after the options
         args.overrides = list(args.overrides) + extra
     try:
-        return {"generate": run_generate}[args.command](args)
+        return {"generate": run_generate, "resume": run_resume, "runs": run_list}[args.command](args)
     except UserError as err:
         print(f"pavdm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except RunFailed as err:
+        print(f"pavdm: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("pavdm: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -101,12 +103,46 @@ class MetricsConfig:
 class OutputConfig:
     """Where and how the finished video is written."""
 
-    out: str = "video.mp4"
-    """Path of the H.264 MP4."""
+    out: str = ""
+    """Path of the H.264 MP4; empty = video.mp4 in the run folder."""
     latents_out: str = ""
     """Optional Arrow IPC file receiving every latent frame (frame index, prompt, tensor)."""
     crf: int = 18
     """x264 constant rate factor (0 = lossless, 51 = worst)."""
+
+
+@dataclass
+class RunConfig:
+    """Where runs live: runs/<run_id>/ holds config, status, checkpoints and output segments."""
+
+    root: str = "runs"
+    """Folder holding one subfolder per run (relative to the current directory)."""
+    id: str = ""
+    """Run id; empty = a new timestamped id."""
+
+
+@dataclass
+class CheckpointConfig:
+    """When and where the window state is saved, at shift boundaries."""
+
+    uri: str = ""
+    """Local path or pyarrow.fs URI (s3://, gs://, hdfs://); empty = <run folder>/checkpoints."""
+    every_shifts: int = 20
+    """Checkpoint every this many shifts (0 = not by count)."""
+    every_seconds: float = 60.0
+    """Checkpoint when this many seconds have passed since the last one (0 = not by time)."""
+    keep: int = 3
+    """Checkpoints kept; older ones are deleted after a new one is written."""
+
+
+@dataclass
+class RecoveryConfig:
+    """What the controller does when a stage or the sink dies."""
+
+    max_restarts: int = 3
+    """Rebuilds of the pipeline allowed per run before it fails."""
+    backoff_seconds: float = 1.0
+    """Wait before the first rebuild; doubled for each further one."""
 
 
 @dataclass
@@ -128,6 +164,9 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
 
 def packaged_config_dir() -> Path:
@@ -174,6 +213,20 @@ def load_config(
         raise UserError(_describe(err)) from None
     validate(config)
     return config
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """`a.b=c` overrides applied to an existing config, validated."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key=value")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config), OmegaConf.from_dotlist(list(overrides)))
+        result: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(_describe(err)) from None
+    validate(result)
+    return result
 
 
 def model_layer(model: str) -> DictConfig:
@@ -228,6 +281,46 @@ def validate(config: Config) -> None:
         raise UserError(f"metrics.port must be in 0..65535, got {config.metrics.port}")
     if not config.prompts:
         raise UserError("at least one prompt is required")
+    ckpt = config.checkpoint
+    if ckpt.every_shifts < 0 or ckpt.every_seconds < 0 or ckpt.keep < 1:
+        raise UserError("checkpoint.every_shifts and every_seconds must be >= 0, checkpoint.keep >= 1")
+    if config.recovery.max_restarts < 0 or config.recovery.backoff_seconds < 0:
+        raise UserError("recovery.max_restarts and recovery.backoff_seconds must be >= 0")
+
+
+VIDEO_KEYS = ("model", "schedule", "seed", "prompts", "seconds", "fps", "init_latents")
+
+
+def video_identity(config: Config) -> dict[str, Any]:
+    """The flattened settings a video is a pure function of; the partition counts unless halo is 'all'."""
+    plain = OmegaConf.to_container(OmegaConf.structured(config))
+    identity = {key: plain[key] for key in VIDEO_KEYS}
+    if config.pipeline.halo != "all":
+        identity["pipeline"] = {"stages": max(config.pipeline.stages, 1), "halo": config.pipeline.halo}
+    return _flatten(identity)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def identity_hash(config: Config) -> str:
+    """A short stable hash of video_identity(config)."""
+    return hashlib.sha256(json.dumps(video_identity(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def from_yaml(text: str) -> Config:
+    """A Config back from to_yaml (a run folder's config.yaml)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text)))
+    except OmegaConfBaseException as err:
+        raise UserError(_describe(err)) from None
 
 
 def to_yaml(config: Config) -> str:

@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
+from actors.checkpoint_writer import save_checkpoint
 from actors.sink import Sink
 from actors.stage import Stage, StageTick, TickStats
 from orchestrator.config import Config, PipelineConfig
-from orchestrator.errors import UserError
-from orchestrator.generate import VideoPlan, initial_chunks
+from orchestrator.errors import RunFailed, UserError
+from orchestrator.generate import Checkpointer, VideoPlan, frame_progress, initial_state
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.partition import Partition, band_views
+from orchestrator.run_state import StartState
+from orchestrator.runs import RunFolder
 from orchestrator.schedule import Tick, ticks
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -76,7 +82,7 @@ class TickPlanner:
     def plan(self, tick: Tick, prompt: str) -> list[tuple[StageTick, set[int]]]:
         """For every stage: its StageTick and the stages whose published chunks it reads."""
         views = {view.stage: view for view in band_views(tick, self.partition, self.noisy)}
-        context_after = ([c.chunk for c in tick.context] + list(tick.finished))[-self.context :] if self.context else []
+        context_after = tick.context_after(self.context)
         entries = [c.chunk for c in tick.context] + [u.chunk for u in tick.noisy]
         plans = []
         for j in range(len(self.bands)):
@@ -116,22 +122,29 @@ class Pipeline:
         for actor in [*self.stages, self.sink]:
             ray.kill(actor)
 
-    def run(
-        self, config: Config, plan: VideoPlan, metrics: PipelineMetrics, bar: tqdm, initial: dict | None = None
-    ) -> Path:
-        """Generate one video; returns the final MP4 path. On failure the sink removes every partial file."""
+    def run(self, config: Config, plan: VideoPlan, metrics: PipelineMetrics, bar: tqdm, start: StartState,
+            checkpointer: Checkpointer) -> Path:
+        """Generate one video from `start`; returns the final MP4 path. Checkpoints at shift boundaries when
+        the policy says so. On failure the sink drops its open segments (closed ones stay for a resume)."""
         g = plan.geometry
-        ray.get(self.sink.open.remote(config, plan.size, plan.prompts))
-        initial = initial or {}
-        ray.get([stage.start.remote(config.seed, g, initial if j == self.stages_count - 1 else {})
-                 for j, stage in enumerate(self.stages)])
+        workdir = str(checkpointer.run.segments)
+        ray.get(self.sink.open.remote(config, plan.size, plan.prompts, workdir, start.sink if start.resumed else None))
         planner = TickPlanner(plan.partition, g.noisy, g.context)
-        for m in initial:
-            planner.holder[m] = self.stages_count - 1
-        clock = TickClock(metrics, bar, plan.size.frames, self.stages_count, config.pipeline.lookahead)
+        planner.holder = {m: self.stages_count - 1 for m in range(-start.init_count, 0)}
+        schedule = ticks(g, plan.num_chunks, start.init_count)
+        for tick in schedule:  # replay the bookkeeping (no model calls) up to where the run stands
+            if tick.index == start.next_tick:
+                schedule = itertools.chain([tick], schedule)
+                break
+            planner.plan(tick, "")
+        ray.get([stage.start.remote(config.seed, g, {m: x for m, x in start.window.items() if planner.holder[m] == j})
+                 for j, stage in enumerate(self.stages)])
+        clock = TickClock(metrics, bar, plan.size.frames, self.stages_count, config.pipeline.lookahead,
+                          start.sink.frames)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         states = [ray.put({}) for _ in self.stages]
         try:
-            for tick in ticks(g, plan.num_chunks, len(initial)):
+            for tick in schedule:
                 prompt = plan.prompts.of(tick.cond_chunk)
                 plans = planner.plan(tick, prompt)
                 outputs = [
@@ -142,25 +155,47 @@ class Pipeline:
                 emitted = [out[1] for out, (stage_tick, _) in zip(outputs, plans, strict=True) if stage_tick.emit]
                 written = self.sink.write.remote(*emitted) if emitted else None
                 clock.submitted([stats for _, _, stats in outputs], written, len(tick.finished))
+                if tick.boundary and checkpointer.policy.due():
+                    clock.drain()
+                    sink_state = self.sink.checkpoint.remote()
+                    saved = save_checkpoint.options(scheduling_strategy=here).remote(
+                        checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta,
+                        sink_state, *states,
+                    )
+                    frames, seconds = unwrap_get(saved)
+                    checkpointer.seconds += seconds
+                    metrics.checkpoint_seconds.labels(metrics.run_id).observe(seconds)
+                    checkpointer.run.set_status("running", frames, plan.size.frames, checkpointer.out)
             clock.drain()
             out = Path(ray.get(self.sink.finish.remote()))
         except BaseException:
             with contextlib.suppress(Exception):
-                ray.get(self.sink.abort.remote())
+                ray.get(self.sink.abort.remote(), timeout=30)
             raise
         return out
+
+
+def unwrap_get(ref):
+    """ray.get that re-raises a task's UserError as itself."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as err:
+        if isinstance(remote_cause(err), UserError):
+            raise remote_cause(err) from None
+        raise
 
 
 class TickClock:
     """Keeps at most `lookahead` ticks in flight and turns finished ticks into metrics and progress."""
 
-    def __init__(self, metrics: PipelineMetrics, bar: tqdm, frames: int, stages: int, lookahead: int = 2):
+    def __init__(self, metrics: PipelineMetrics, bar: tqdm, frames: int, stages: int, lookahead: int = 2,
+                 written: int = 0):
         self.metrics, self.bar, self.frames = metrics, bar, frames
         self.lookahead = lookahead
         self.pending: deque = deque()
         self.started = time.time()
         self.busy = [0.0] * stages
-        self.written = 0  # frames the sink has written
+        self.written = written  # frames the sink has written
         self.last_end: float | None = None
 
     def submitted(self, stats_refs: list, written_ref, chunks: int) -> None:
@@ -199,30 +234,49 @@ class TickClock:
         self.bar.set_postfix_str("busy " + "/".join(f"{b / elapsed:.0%}" for b in self.busy), refresh=False)
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+def stage_died(err: BaseException) -> bool:
+    """A stage or the sink process is gone (killed, node lost), as opposed to an error in our code."""
+    return isinstance(err, RayActorError | ObjectLostError) or (
+        isinstance(err, RayTaskError) and isinstance(err.cause, RayActorError | ObjectLostError)
+    )
 
 
-def run_pipeline(config: Config, plan: VideoPlan, bar: tqdm) -> Path:
-    """The CLI path: a Ray session, P stages and a sink for one video, metrics served while it runs."""
-    metrics = PipelineMetrics(new_run_id(), config.pipeline.stages)
+def run_video(pipeline: Pipeline, config: Config, plan: VideoPlan, run: RunFolder, metrics: PipelineMetrics,
+              progress: bool = False) -> tuple[Path, Checkpointer]:
+    """One video on built stages, from the run's newest valid checkpoint or from the start."""
+    start = initial_state(config, plan, run.checkpoints(config), pipeline.latent_shape)
+    checkpointer = Checkpointer(run, config, plan, start.init_count)
+    with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
+        return pipeline.run(config, plan, metrics, bar, start, checkpointer), checkpointer
+
+
+def run_pipeline(config: Config, plan: VideoPlan, run: RunFolder, progress: bool) -> tuple[Path, Checkpointer, int]:
+    """The CLI path: a Ray session, P stages and a sink; on a dead stage the pipeline is rebuilt and the run
+    continues from its last checkpoint, up to recovery.max_restarts times. Returns (out, checkpointer, restarts)."""
+    metrics = PipelineMetrics(run.run_id, config.pipeline.stages)
+    restarts = 0
     with ray_session(config.pipeline):
         check_resources(config.pipeline)
-        pipeline = Pipeline(config)
+        metrics.serve(config.metrics.host, config.metrics.port)
+        metrics.streams.labels(metrics.run_id).set(1)
         try:
-            initial = _initial_context(config, pipeline, plan)
-            metrics.serve(config.metrics.host, config.metrics.port)
-            metrics.streams.labels(metrics.run_id).set(1)
-            try:
-                return pipeline.run(config, plan, metrics, bar, initial)
-            except (RayTaskError, RayActorError) as err:
-                metrics.errors.labels(metrics.run_id, type(remote_cause(err)).__name__).inc()
-                raise
+            while True:
+                pipeline = Pipeline(config)
+                try:
+                    out, checkpointer = run_video(pipeline, config, plan, run, metrics, progress)
+                    return out, checkpointer, restarts
+                except Exception as err:
+                    metrics.errors.labels(metrics.run_id, type(remote_cause(err)).__name__).inc()
+                    if not stage_died(err) or restarts >= config.recovery.max_restarts:
+                        if stage_died(err):
+                            raise RunFailed(f"a pipeline actor died {restarts + 1} times; giving up: {err}") from None
+                        raise
+                    restarts += 1
+                    metrics.restarts.labels(metrics.run_id).inc()
+                    log.warning("a pipeline actor died (%s); restart %d of %d from the last checkpoint",
+                                type(err).__name__, restarts, config.recovery.max_restarts)
+                    time.sleep(config.recovery.backoff_seconds * 2 ** (restarts - 1))
+                finally:
+                    pipeline.shutdown()
         finally:
             metrics.close()
-            pipeline.shutdown()
-
-
-def _initial_context(config: Config, pipeline: Pipeline, plan: VideoPlan) -> dict:
-    chunks = initial_chunks(config.init_latents, pipeline.latent_shape, plan.geometry.chunk)
-    return {i - len(chunks): x for i, x in enumerate(chunks)}

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem with what the user asked for (arguments, config, files), not a bug."""
+
+
+class RunFailed(Exception):
+    """A run that could not complete for a reason outside the request (e.g. actors kept dying)."""

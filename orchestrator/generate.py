@@ -13,11 +13,21 @@ from tqdm import tqdm
 from actors.backends.base import Backend, PromptEncodings
 from actors.backends.factory import build_backend, frame_count
 from actors.codecs import FrameCount
-from orchestrator.config import Config
+from orchestrator.config import Config, apply_overrides, video_identity
 from orchestrator.errors import UserError
 from orchestrator.outputs import check_writable, read_latents
 from orchestrator.partition import Partition
 from orchestrator.prompts import ChunkPrompts, PromptSchedule
+from orchestrator.run_state import (
+    CheckpointPolicy,
+    StartState,
+    checkpoint_meta,
+    differing_keys,
+    fresh_start,
+    make_checkpoint,
+    start_from,
+)
+from orchestrator.runs import RunFolder
 from orchestrator.sampler import NoiseSource, sample
 from orchestrator.schedule import Geometry, chunks_for_frames
 from orchestrator.video_sink import VideoSink, VideoSize
@@ -65,32 +75,66 @@ class GenerationResult:
     frames: int
     seconds: float
     out: Path
+    run_id: str = ""
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints (incl. closing segments)
+    restarts: int = 0
 
 
 def check_request(config: Config) -> None:
     """Everything about the request that can be checked before any model is loaded."""
     PromptSchedule.parse(config.prompts)
-    check_writable(Path(config.output.out), "--out")
+    if config.output.out:
+        check_writable(Path(config.output.out), "--out")
     if config.output.latents_out:
         check_writable(Path(config.output.latents_out), "--latents-out")
     if config.init_latents and not Path(config.init_latents).is_file():
         raise UserError(f"init latents file '{config.init_latents}' does not exist")
 
 
-def frame_progress(total: int, enabled: bool) -> tqdm:
-    return tqdm(total=total, unit="frame", disable=not enabled, desc="generating", dynamic_ncols=True)
+def frame_progress(total: int, enabled: bool, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, unit="frame", disable=not enabled, desc="generating",
+                dynamic_ncols=True)
 
 
-def run_local(config: Config, plan: VideoPlan, backend: Backend, on_frames: Callable[[int], None]) -> Path:
-    """The in-process reference sampler feeding a VideoSink."""
+class Checkpointer:
+    """Writes checkpoints of one run when its policy says so, and keeps the status file current."""
+
+    def __init__(self, run: RunFolder, config: Config, plan: VideoPlan, init_count: int):
+        self.run, self.plan = run, plan
+        self.store = run.checkpoints(config)
+        self.policy = CheckpointPolicy(config.checkpoint)
+        self.meta = checkpoint_meta(config, init_count)
+        self.out = config.output.out
+        self.seconds = 0.0
+
+    def write(self, checkpoint) -> None:
+        started = time.perf_counter()
+        self.store.write(checkpoint)
+        self.seconds += time.perf_counter() - started
+        self.run.set_status("running", checkpoint.frames_written, self.plan.size.frames, self.out)
+
+
+def run_local(config: Config, plan: VideoPlan, backend: Backend, start: StartState, checkpointer: Checkpointer,
+              on_frames: Callable[[int], None]) -> Path:
+    """The in-process reference sampler feeding a VideoSink, checkpointing at shift boundaries."""
     g = plan.geometry
-    context = initial_chunks(config.init_latents, backend.latent_shape, g.chunk)
     noise = NoiseSource(config.seed, (backend.latent_shape[0], g.chunk, *backend.latent_shape[1:]))
     encodings = PromptEncodings(backend)
-    sink = VideoSink(config, backend.codec, plan.size, plan.prompts)
+    sink = VideoSink(config, backend.codec, plan.size, plan.prompts, checkpointer.run.segments,
+                     start.sink if start.resumed else None)
+
+    def on_boundary(tick, window) -> None:
+        if checkpointer.policy.due():
+            started = time.perf_counter()
+            state = sink.checkpoint()
+            checkpointer.seconds += time.perf_counter() - started
+            checkpointer.write(make_checkpoint(tick.index + 1, window, state, checkpointer.meta))
+
     try:
-        for m, x in sample(backend.velocity, g, plan.num_chunks, noise, lambda c: encodings.get(plan.prompts.of(c)),
-                           context, plan.partition):
+        chunks = sample(backend.velocity, g, plan.num_chunks, noise, lambda c: encodings.get(plan.prompts.of(c)),
+                        partition=plan.partition, resume=(start.next_tick, start.window, start.init_count),
+                        on_boundary=on_boundary)
+        for m, x in chunks:
             on_frames(sink.write(m, x))
         return sink.finish()
     except BaseException:
@@ -98,22 +142,69 @@ def run_local(config: Config, plan: VideoPlan, backend: Backend, on_frames: Call
         raise
 
 
+def initial_state(config: Config, plan: VideoPlan, store, latent_shape) -> StartState:
+    """The newest valid checkpoint of the run, or a fresh start from nothing or --init-latents."""
+    checkpoint = store.latest()
+    if checkpoint is not None:
+        return start_from(checkpoint, config)
+    return fresh_start(initial_chunks(config.init_latents, latent_shape, plan.geometry.chunk))
+
+
+def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
+    """Run (or continue) a run to completion, keeping its status file true."""
+    plan = plan_video(config, frame_count(config.model))
+    started = time.perf_counter()
+    checkpointer = None
+    run.set_status("running", None, plan.size.frames, config.output.out)
+    try:
+        if config.pipeline.stages == 0:
+            backend = build_backend(config.model)
+            start = initial_state(config, plan, run.checkpoints(config), backend.latent_shape)
+            checkpointer = Checkpointer(run, config, plan, start.init_count)
+            with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
+                out = run_local(config, plan, backend, start, checkpointer, lambda n: bar.update(n - bar.n))
+            restarts = 0
+        else:
+            from orchestrator.controller import run_pipeline
+
+            out, checkpointer, restarts = run_pipeline(config, plan, run, progress)
+    except KeyboardInterrupt:
+        run.set_status("interrupted", None, plan.size.frames, config.output.out, "interrupted")
+        raise
+    except BaseException as err:
+        run.set_status("failed", None, plan.size.frames, config.output.out, " ".join(str(err).split())[:500])
+        raise
+    run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
+    seconds = checkpointer.seconds if checkpointer else 0.0
+    return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, seconds, restarts)
+
+
 def generate(config: Config, progress: bool = True) -> GenerationResult:
-    """Run the whole job; outputs appear under their final names only if it completes.
+    """Start a new run; its outputs appear under their final names only if it completes.
 
     pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
     """
     check_request(config)
-    plan = plan_video(config, frame_count(config.model))
-    started = time.perf_counter()
-    bar = frame_progress(plan.size.frames, progress)
+    plan_video(config, frame_count(config.model))  # topology and length errors before any folder exists
+    run = RunFolder.create(config)
     try:
-        if config.pipeline.stages == 0:
-            out = run_local(config, plan, build_backend(config.model), lambda n: bar.update(n - bar.n))
-        else:
-            from orchestrator.controller import run_pipeline
+        return execute(run, config, progress)
+    except UserError:
+        run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources): leave nothing
+        raise
 
-            out = run_pipeline(config, plan, bar)
-    finally:
-        bar.close()
-    return GenerationResult(plan.size.frames, time.perf_counter() - started, out)
+
+def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True) -> GenerationResult:
+    """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video."""
+    run = RunFolder.find(run_ref, root)
+    saved = run.load_config()
+    config = apply_overrides(saved, overrides)
+    changed = differing_keys(video_identity(saved), video_identity(config))
+    if changed:
+        raise UserError(f"cannot resume with settings that change the video: {', '.join(changed)}")
+    status = run.status()
+    if status is not None and status.state == "completed":
+        raise UserError(f"run {run.run_id} is already complete: {status.out}")
+    check_request(config)
+    run.save_config(config)
+    return execute(run, config, progress)

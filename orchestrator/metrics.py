@@ -31,6 +31,8 @@ class PipelineMetrics:
         self.eta = Gauge("pavdm_eta_seconds", "Estimated seconds until the video is complete", run, registry=reg)
         self.streams = Gauge("pavdm_active_streams", "Videos currently in the pipeline", run, registry=reg)
         self.restarts = Counter("pavdm_stage_restarts", "Stage actors rebuilt after a failure", run, registry=reg)
+        self.checkpoint_seconds = Histogram("pavdm_checkpoint_seconds", "Time to write one checkpoint", run,
+                                            buckets=TICK_BUCKETS, registry=reg)
         self.errors = Counter("pavdm_errors", "Errors by kind", [*run, "kind"], registry=reg)
         for stage in range(stages):  # series exist (at zero) from the start
             self.call_seconds.labels(run_id, str(stage))

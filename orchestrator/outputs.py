@@ -65,11 +65,11 @@ def latents_schema(shape: tuple[int, ...]) -> pa.Schema:
 class LatentsWriter:
     """Appends latent chunks [Ch, C, h, w] to an Arrow IPC file, one row per latent frame."""
 
-    def __init__(self, path: Path, frame_shape: tuple[int, int, int]):
+    def __init__(self, path: Path, frame_shape: tuple[int, int, int], first_frame: int = 0):
         self.schema = latents_schema(frame_shape)
         self.sink = pa.OSFile(str(path), "wb")
         self.writer = pa.ipc.new_file(self.sink, self.schema)
-        self.frames = 0
+        self.frames = first_frame  # index of the next latent frame
 
     def write(self, latents: torch.Tensor, prompt: str) -> None:
         per_frame = latents.permute(1, 0, 2, 3).contiguous().numpy()  # [C, Ch, h, w]

@@ -82,40 +82,37 @@ def sample(
     cond_at: Callable[[int], Any],
     init_context: list[torch.Tensor] = (),
     partition: Partition | None = None,
-    on_tick: Callable[[Tick], None] | None = None,
+    resume: tuple[int, dict[int, torch.Tensor], int] | None = None,
+    on_boundary: Callable[[Tick, dict[int, torch.Tensor]], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (chunk index, clean latents [Ch, C, H, W]) in order; memory holds only the window.
 
     init_context: clean chunks of an initial clip, oldest first; the last K become the context.
     With partition P > 1, every band calls the model on its own chunks plus its halo, all reading the
     window as it was at the start of the tick, and only its own chunks are updated.
+    resume: (next tick, window chunks, number of initial clip chunks) from a checkpoint.
+    on_boundary(tick, window) is called after every last tick of a shift, once its finished chunks
+    have been yielded.
     """
     partition = partition or Partition()
     sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1] float64
     init = list(init_context)
-    clean = {i - len(init): x for i, x in enumerate(init)}  # finished chunks still needed as context
-    _forget_old_context(clean, geometry.context)
-    noisy: dict[int, torch.Tensor] = {}
-    for tick in ticks(geometry, num_chunks, len(init)):
+    start, window, init_count = resume if resume else (0, {i - len(init): x for i, x in enumerate(init)}, len(init))
+    for tick in ticks(geometry, num_chunks, init_count):
+        if tick.index < start:
+            continue
         for m in tick.entering:
-            noisy[m] = noise.chunk(m)
-        lookup = clean | noisy
+            window[m] = noise.chunk(m)
         cond = cond_at(tick.cond_chunk)
         updated = {}
         for view in band_views(tick, partition, geometry.noisy):
-            new = denoise_band(velocity, *band_inputs(tick, view, lookup, noise, sigmas), cond)
+            new = denoise_band(velocity, *band_inputs(tick, view, window, noise, sigmas), cond)
             for i, x in zip(view.own, new, strict=True):
                 updated[tick.noisy[i - len(tick.context)].chunk] = x
-        noisy.update(updated)
-        if on_tick is not None:
-            on_tick(tick)
+        window.update(updated)
         for m in tick.finished:
-            clean[m] = noisy.pop(m)
-            yield m, clean[m]
-        _forget_old_context(clean, geometry.context)
-
-
-def _forget_old_context(clean: dict[int, torch.Tensor], keep: int) -> None:
-    """Drop finished chunks older than the last K, so memory stays constant in video length."""
-    for m in sorted(clean)[: max(0, len(clean) - keep)]:
-        del clean[m]
+            yield m, window[m]
+        live = tick.live_after(geometry.context)
+        window = {m: x for m, x in window.items() if m in live}  # constant memory in video length
+        if tick.boundary and on_boundary is not None:
+            on_boundary(tick, window)

@@ -76,6 +76,15 @@ class Tick:
     entering: tuple[int, ...]  # chunks whose fresh noise enters the window before this tick
     finished: tuple[int, ...]  # chunks that are clean after this tick, in order
     cond_chunk: int  # the newest chunk that has entered: its prompt conditions this tick
+    boundary: bool  # the last tick of its shift (or block): a consistent point for checkpoints
+
+    def context_after(self, keep: int) -> list[int]:
+        """The context of the next tick: the last K of this tick's context and finished chunks."""
+        return ([c.chunk for c in self.context] + list(self.finished))[-keep:] if keep else []
+
+    def live_after(self, keep: int) -> set[int]:
+        """Chunks still needed after this tick: the next context and the unfinished noisy chunks."""
+        return set(self.context_after(keep)) | {u.chunk for u in self.noisy if u.chunk not in self.finished}
 
 
 def chunks_for_frames(latent_frames: int, geometry: Geometry) -> int:
@@ -96,10 +105,6 @@ def ticks(geometry: Geometry, num_chunks: int, init_chunks: int = 0) -> Iterator
     if geometry.kind in ("progressive", "fifo"):
         return _progressive_ticks(geometry, num_chunks, init_chunks)
     return _block_ticks(geometry, num_chunks, init_chunks)
-
-
-def _push_context(context: list[int], finished: tuple[int, ...], keep: int) -> list[int]:
-    return (context + list(finished))[-keep:] if keep else []
 
 
 def _progressive_ticks(g: Geometry, num_chunks: int, init_chunks: int) -> Iterator[Tick]:
@@ -125,9 +130,10 @@ def _progressive_ticks(g: Geometry, num_chunks: int, init_chunks: int) -> Iterat
                 entering=(shift,) if k == 0 and shift < num_chunks else (),
                 finished=done if k == s - 1 else (),
                 cond_chunk=present[-1],
+                boundary=k == s - 1,
             )
             index += 1
-        context = _push_context(context, done, g.context)
+        context = (context + list(done))[-g.context :] if g.context else []
 
 
 def _block_ticks(g: Geometry, num_chunks: int, init_chunks: int) -> Iterator[Tick]:
@@ -151,9 +157,10 @@ def _block_ticks(g: Geometry, num_chunks: int, init_chunks: int) -> Iterator[Tic
                 entering=members if i == 0 else (),
                 finished=members if i == g.steps - 1 else (),
                 cond_chunk=members[-1],
+                boundary=i == g.steps - 1,
             )
             index += 1
-        context = _push_context(context, members, g.context)
+        context = (context + list(members))[-g.context :] if g.context else []
 
 
 def total_ticks(geometry: Geometry, num_chunks: int) -> int:

@@ -1,15 +1,16 @@
-"""Receives clean chunks in order, decodes them, writes MP4 and Arrow latents, and buffers frames for subscribers."""
+"""Receives clean chunks in order, decodes them into durable segments, joins them at the end, feeds subscribers."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from actors.backends.base import Codec
+from orchestrator import segments
 from orchestrator.config import Config, to_yaml
 from orchestrator.outputs import AtomicFiles, LatentsWriter, Mp4Writer
 from orchestrator.prompts import ChunkPrompts
@@ -27,27 +28,41 @@ class VideoSize:
     chunk: int  # latent frames per chunk
 
 
-class VideoSink:
-    """Decodes and writes a video chunk by chunk; files get their final names only in finish()."""
+@dataclass
+class SinkState:
+    """Where the output stands at a checkpoint: everything before is in closed segments."""
 
-    def __init__(self, config: Config, codec: Codec, size: VideoSize, prompts: ChunkPrompts, buffer: int = 512):
-        self.size, self.prompts = size, prompts
+    frames: int = 0
+    latent_frames: int = 0
+    next_chunk: int = 0
+    decoder: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class VideoSink:
+    """Decodes and writes a video chunk by chunk into segment files in `workdir`; checkpoint() closes the
+    open segments, finish() joins them into the requested outputs, which only then get their final names."""
+
+    def __init__(self, config: Config, codec: Codec, size: VideoSize, prompts: ChunkPrompts, workdir: Path,
+                 resume: SinkState | None = None, buffer: int = 512):
+        self.config, self.size, self.prompts, self.workdir = config, size, prompts, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        state = resume or SinkState()
+        self.video_segments = segments.truncate(workdir, "seg", state.frames)
+        self.latent_segments = segments.truncate(workdir, "lat", state.latent_frames)
         self.decoder = codec.decoder()
-        self.next_chunk = 0
-        self.files = AtomicFiles()
-        self.out = out = Path(config.output.out)
-        self.files.reserve(config_path_for(out)).write_text(to_yaml(config))
-        self.mp4 = Mp4Writer(self.files.reserve(out), config.fps, config.model.width, config.model.height,
-                             config.output.crf)
-        self.latents_path = self.files.reserve(Path(config.output.latents_out)) if config.output.latents_out else None
+        if resume is not None:
+            self.decoder.load_state(state.decoder)
+        self.frames, self.latent_frames, self.next_chunk = state.frames, state.latent_frames, state.next_chunk
+        self.mp4: Mp4Writer | None = None
         self.latents: LatentsWriter | None = None
+        self.segment_start = (self.frames, self.latent_frames)
         self.recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=buffer)  # (frame index, [H, W, 3])
         self.changed = threading.Condition()
         self.done = False
 
     @property
     def frames_written(self) -> int:
-        return self.mp4.frames
+        return self.frames
 
     def write(self, m: int, latents: torch.Tensor) -> int:
         """Chunk m (must be the next one) [Ch, C, h, w]; returns the frames written so far."""
@@ -56,17 +71,45 @@ class VideoSink:
         self.next_chunk += 1
         keep = min(self.size.chunk, self.size.latent_frames - m * self.size.chunk)
         latents = latents[:, :keep]  # [Ch, C', h, w]: the last chunk is trimmed to the requested length
-        if self.latents_path is not None:
-            if self.latents is None:
-                self.latents = LatentsWriter(self.latents_path, (latents.shape[0], *latents.shape[2:]))
+        if self.mp4 is None:
+            self._open_segments(latents)
+        if self.latents is not None:
             self.latents.write(latents, self.prompts.of(m))
-        rgb = self.decoder.decode(latents)[: self.size.frames - self.mp4.frames]  # [f, H, W, 3]
-        first = self.mp4.frames
+        rgb = self.decoder.decode(latents)[: self.size.frames - self.frames]  # [f, H, W, 3]
         self.mp4.write(rgb)
+        first, self.frames, self.latent_frames = self.frames, self.frames + len(rgb), self.latent_frames + keep
         with self.changed:
             self.recent.extend((first + i, frame) for i, frame in enumerate(rgb))
             self.changed.notify_all()
-        return self.mp4.frames
+        return self.frames
+
+    def _open_segments(self, latents: torch.Tensor) -> None:
+        self.segment_start = (self.frames, self.latent_frames)
+        config = self.config
+        self.mp4 = Mp4Writer(self.workdir / segments.open_name("seg", self.frames), config.fps, config.model.width,
+                             config.model.height, config.output.crf)
+        if config.output.latents_out:
+            frame_shape = (latents.shape[0], *latents.shape[2:])
+            self.latents = LatentsWriter(self.workdir / segments.open_name("lat", self.latent_frames), frame_shape,
+                                         first_frame=self.latent_frames)
+
+    def _close_segments(self) -> None:
+        if self.mp4 is None:
+            return
+        start, latent_start = self.segment_start
+        self.mp4.close()
+        segments.close_segment(self.workdir, "seg", start, self.frames)
+        self.video_segments.append(self.workdir / segments.segment_name("seg", start, self.frames))
+        if self.latents is not None:
+            self.latents.close()
+            segments.close_segment(self.workdir, "lat", latent_start, self.latent_frames)
+            self.latent_segments.append(self.workdir / segments.segment_name("lat", latent_start, self.latent_frames))
+        self.mp4 = self.latents = None
+
+    def checkpoint(self) -> SinkState:
+        """Make everything written so far durable and return the state a resume starts from."""
+        self._close_segments()
+        return SinkState(self.frames, self.latent_frames, self.next_chunk, self.decoder.state())
 
     def frames_since(self, index: int, timeout: float = 0.0) -> tuple[list[tuple[int, torch.Tensor]], bool]:
         """Frames with index >= `index` still in the buffer (waiting up to `timeout` for one), and whether
@@ -76,22 +119,36 @@ class VideoSink:
             return [(i, f) for i, f in self.recent if i >= index], self.done
 
     def finish(self) -> Path:
-        """Close the files and move them into place; the video is complete."""
-        self.mp4.close()
-        if self.latents is not None:
-            self.latents.close()
-        self.files.commit()
-        with self.changed:
-            self.done = True
-            self.changed.notify_all()
-        return self.out
+        """Join the segments into the requested outputs (temporary names, renamed on success), save the
+        resolved config beside them, and remove the segments."""
+        self._close_segments()
+        out = Path(self.config.output.out)
+        files = AtomicFiles()
+        try:
+            segments.join_mp4(self.video_segments, files.reserve(out))
+            if self.config.output.latents_out:
+                segments.join_arrow(self.latent_segments, files.reserve(Path(self.config.output.latents_out)))
+            files.reserve(config_path_for(out)).write_text(to_yaml(self.config))
+        except BaseException:
+            files.abort()
+            raise
+        files.commit()
+        for path in self.video_segments + self.latent_segments:
+            path.unlink(missing_ok=True)
+        self._set_done()
+        return out
 
     def abort(self) -> None:
-        """Remove every partial file; nothing claims to be a finished video."""
-        self.mp4.abort()
-        if self.latents is not None:
-            self.latents.abort()
-        self.files.abort()
+        """Drop the open segments; closed ones stay for a resume. Nothing claims to be a finished video."""
+        for writer in (self.mp4, self.latents):
+            if writer is not None:
+                writer.abort()
+        for path in self.workdir.glob("*.partial"):
+            path.unlink()
+        self.mp4 = self.latents = None
+        self._set_done()
+
+    def _set_done(self) -> None:
         with self.changed:
             self.done = True
             self.changed.notify_all()

@@ -10,6 +10,12 @@ from tiny_models import make_tiny_skyreels
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def fresh_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in its own empty directory, so run folders (runs/) never land in the repository."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def tiny_pixel_model(tmp_path_factory) -> Path:
     return make_tiny_skyreels(tmp_path_factory.mktemp("models") / "pixel")

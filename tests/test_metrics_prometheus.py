@@ -11,13 +11,13 @@ import urllib.request
 
 import pytest
 import ray
-from tqdm import tqdm
 
 from actors.backends.factory import frame_count
 from orchestrator.config import Config, ModelConfig, ScheduleConfig
-from orchestrator.controller import Pipeline
+from orchestrator.controller import Pipeline, run_video
 from orchestrator.generate import plan_video
 from orchestrator.metrics import PipelineMetrics
+from orchestrator.runs import RunFolder
 from orchestrator.schedule import total_ticks
 
 
@@ -102,7 +102,7 @@ def test_prometheus_reads_back_frames_written(tmp_path, prometheus):
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            pipeline.run(config, plan, metrics, tqdm(disable=True, total=plan.size.frames))
+            run_video(pipeline, config, plan, RunFolder.create(config), metrics)
         finally:
             done.set()
             watcher.join()

@@ -10,11 +10,12 @@ from conftest import probe_mp4
 
 from actors.backends.factory import frame_count
 from orchestrator.config import Config, ModelConfig, ScheduleConfig
-from orchestrator.controller import Pipeline
+from orchestrator.controller import Pipeline, run_video
 from orchestrator.generate import GenerationResult, generate, plan_video
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.outputs import read_latents
 from orchestrator.partition import Partition
+from orchestrator.runs import RunFolder
 from orchestrator.sampler import NoiseSource, sample
 
 HALOS = [0, 1, "all"]
@@ -53,11 +54,10 @@ def reference_latents(config: Config, partition: Partition) -> torch.Tensor:
 
 
 def run_on(pipeline: Pipeline, config: Config) -> torch.Tensor:
-    from tqdm import tqdm
 
     plan = plan_video(config, frame_count(config.model))
     metrics = PipelineMetrics("test", config.pipeline.stages)
-    pipeline.run(config, plan, metrics, tqdm(disable=True, total=plan.size.frames))
+    run_video(pipeline, config, plan, RunFolder.create(config), metrics)
     return read_latents(config.output.latents_out)
 
 
@@ -121,9 +121,8 @@ def test_subscriber_gets_frames_in_order_before_the_end(ray_cluster, tmp_path):
         reader = threading.Thread(target=subscribe)
         reader.start()
         time.sleep(0.2)
-        from tqdm import tqdm
 
-        pipeline.run(config, plan, PipelineMetrics("s", 2), tqdm(disable=True, total=plan.size.frames))
+        run_video(pipeline, config, plan, RunFolder.create(config), PipelineMetrics("s", 2))
         ended_at.append(time.time())
         reader.join(timeout=30)
     finally:

@@ -29,6 +29,12 @@ class ChunkDecoder(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [Ch, C, h, w] -> uint8 RGB frames [f, H, W, 3]."""
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything carried from one chunk to the next, as named tensors (for checkpoints)."""
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from a state() taken earlier."""
+
 
 class Backend(Protocol):
     """A velocity model: v = velocity(x[B, Ch, F, h, w], sigma[B, F], cond) with v ~ eps - x0."""

@@ -1,0 +1,178 @@
+"""Ray pipeline benchmarks: overhead vs the reference sampler, 2-stage scaling, per-tick overhead, flat memory.
+
+    python -m benchmarks.pipeline overhead [--seconds 20] [--repeats 3] [--threads 1]
+    python -m benchmarks.pipeline scaling  [--seconds 20] [--repeats 3] [--halo 1]
+    python -m benchmarks.pipeline ticks    [--stages 4]
+    python -m benchmarks.pipeline memory   [--frames 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import ray
+import torch
+from tqdm import tqdm
+
+from actors.backends.factory import build_backend, frame_count
+from benchmarks.bench_model import bench_config, temp_bench_model
+from orchestrator.config import Config, ModelConfig, ScheduleConfig
+from orchestrator.controller import Pipeline
+from orchestrator.generate import plan_video, run_local
+from orchestrator.metrics import PipelineMetrics
+from orchestrator.schedule import total_ticks
+
+
+def with_topology(config: Config, stages: int, halo, threads: int, num_cpus: float) -> Config:
+    config.pipeline.stages, config.pipeline.halo = stages, halo
+    config.pipeline.threads, config.pipeline.num_cpus = threads, num_cpus
+    config.output.out = str(Path(tempfile.mkdtemp(prefix="pavdm-bench-out-")) / "v.mp4")
+    return config
+
+
+def time_reference(config: Config) -> float:
+    """Seconds of one in-process run (model already loaded), MP4 writing included."""
+    torch.set_num_threads(config.pipeline.threads)
+    backend = build_backend(config.model)
+    plan = plan_video(config, frame_count(config.model))
+    start = time.perf_counter()
+    run_local(config, plan, backend, lambda n: None)
+    return time.perf_counter() - start
+
+
+def time_pipeline(pipeline: Pipeline, config: Config) -> float:
+    """Seconds of one run on already-built stages, MP4 writing (in the sink) included."""
+    plan = plan_video(config, frame_count(config.model))
+    metrics = PipelineMetrics("bench", config.pipeline.stages)
+    start = time.perf_counter()
+    pipeline.run(config, plan, metrics, tqdm(disable=True))
+    return time.perf_counter() - start
+
+
+def median_fps(frames: int, runs: list[float]) -> float:
+    return frames / statistics.median(runs)
+
+
+def compare(args, label_a: str, config_a: Config, label_b: str, config_b: Config) -> None:
+    """Alternate runs of A and B; print medians and the ratio B / A in frames/s."""
+    frames = round(config_a.seconds * config_a.fps)
+    runners = {}
+    for label, config in ((label_a, config_a), (label_b, config_b)):
+        if config.pipeline.stages == 0:
+            runners[label] = lambda c=config: time_reference(c)
+        else:
+            pipeline = Pipeline(config)
+            runners[label] = lambda p=pipeline, c=config: time_pipeline(p, c)
+    for run in runners.values():
+        run()  # warm-up
+    times = {label: [] for label in runners}
+    for _ in range(args.repeats):
+        for label, run in runners.items():
+            times[label].append(run())
+    fps = {label: median_fps(frames, t) for label, t in times.items()}
+    print(f"{frames} frames, median of {args.repeats} runs")
+    for label in runners:
+        print(f"  {label:38s} {fps[label]:7.2f} frames/s  runs: {', '.join(f'{t:.2f}s' for t in times[label])}")
+    print(f"  ratio {label_b} / {label_a}: {fps[label_b] / fps[label_a]:.3f}")
+
+
+def overhead(args) -> None:
+    folder = temp_bench_model()
+    reference = with_topology(bench_config(folder, args.seconds), 0, "all", args.threads, args.threads)
+    ray_p1 = with_topology(bench_config(folder, args.seconds), 1, "all", args.threads, args.threads)
+    compare(args, f"reference sampler ({args.threads} thr)", reference, f"ray P=1 ({args.threads} thr)", ray_p1)
+
+
+def scaling(args) -> None:
+    folder = temp_bench_model()
+    one = with_topology(bench_config(folder, args.seconds), 1, args.halo, 1, 1)
+    two = with_topology(bench_config(folder, args.seconds), 2, args.halo, 1, 1)
+    compare(args, f"ray P=1 h={args.halo} (1 thr)", one, f"ray P=2 h={args.halo} (1 thr each)", two)
+
+
+def noop_config(seconds: float, stages: int) -> Config:
+    config = Config(seconds=seconds, fps=24.0)
+    config.model = ModelConfig(channels=1, height=2, width=2)
+    config.schedule = ScheduleConfig(chunk=1, noisy_chunks=8, steps=8)
+    return with_topology(config, stages, 1, 1, 0.25)
+
+
+def ticks(args) -> None:
+    config = noop_config(20.0, args.stages)
+    plan = plan_video(config, frame_count(config.model))
+    pipeline = Pipeline(config)
+    time_pipeline(pipeline, config)
+    metrics = PipelineMetrics("ticks", args.stages)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    pipeline.run(config, plan, metrics, tqdm(disable=True))
+    wall, controller_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    count = total_ticks(plan.geometry, plan.num_chunks)
+    calls = sum(metrics.call_seconds.labels("ticks", str(j))._sum.get() for j in range(args.stages))
+    print(f"P={args.stages}, {count} ticks on a no-op-sized model (1x2x2 frames, gaussian)")
+    print(f"  wall per tick: {1000 * wall / count:.2f} ms; controller CPU per tick: "
+          f"{1000 * controller_cpu / count:.2f} ms; model calls per tick (sum over stages): "
+          f"{1000 * calls / count:.2f} ms")
+
+
+def memory(args) -> None:
+    config = noop_config(args.frames / 24.0, 2)
+    config.model = ModelConfig(channels=3, height=16, width=16)
+    config.schedule = ScheduleConfig(chunk=2, noisy_chunks=4, steps=8)
+    plan = plan_video(config, frame_count(config.model))
+    pipeline = Pipeline(config)
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def watch():
+        me = psutil.Process()
+        while not done.is_set():
+            procs = [me] + [p for p in psutil.process_iter(["cmdline"])
+                            if any("ray::Stage" in c or "ray::Sink" in c for c in (p.info["cmdline"] or []))]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            samples.append((time.perf_counter(), total))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        pipeline.run(config, plan, PipelineMetrics("mem", 2), tqdm(disable=True))
+    finally:
+        done.set()
+        watcher.join()
+    quarter = len(samples) // 4
+    first = max(rss for _, rss in samples[:quarter])
+    last = max(rss for _, rss in samples[-quarter:])
+    print(f"{plan.size.frames} frames, P=2: peak RSS (driver + stages + sink) first quarter {first / 2**20:.1f} MiB, "
+          f"last quarter {last / 2**20:.1f} MiB, ratio {last / first:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["overhead", "scaling", "ticks", "memory"])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--halo", type=int, default=1)
+    parser.add_argument("--stages", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=2000)
+    args = parser.parse_args()
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        {"overhead": overhead, "scaling": scaling, "ticks": ticks, "memory": memory}[args.which](args)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -60,12 +60,13 @@ class Stage:
             raise UserError(self.error)
         return self.backend.latent_shape
 
-    def start(self, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> None:
-        """Begin (or resume) a video holding `chunks`: its band's share of the window."""
+    def start(self, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Begin (or resume) a video holding `chunks`, its band's share of the window; returns them published."""
         shape = (self.backend.latent_shape[0], geometry.chunk, *self.backend.latent_shape[1:])
         self.noise = NoiseSource(seed, shape)
         self.sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]
         self.store = dict(chunks)
+        return dict(self.store)
 
     def pid(self) -> int:
         return os.getpid()

@@ -137,12 +137,14 @@ class Pipeline:
                 schedule = itertools.chain([tick], schedule)
                 break
             planner.plan(tick, "")
-        ray.get([stage.start.remote(config.seed, g, {m: x for m, x in start.window.items() if planner.holder[m] == j})
-                 for j, stage in enumerate(self.stages)])
+        states = [  # each stage's share of the window, published for its neighbours' first tick
+            stage.start.remote(config.seed, g, {m: x for m, x in start.window.items() if planner.holder[m] == j})
+            for j, stage in enumerate(self.stages)
+        ]
+        ray.wait(states, num_returns=len(states))
         clock = TickClock(metrics, bar, plan.size.frames, self.stages_count, config.pipeline.lookahead,
                           start.sink.frames)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        states = [ray.put({}) for _ in self.stages]
         try:
             for tick in schedule:
                 prompt = plan.prompts.of(tick.cond_chunk)

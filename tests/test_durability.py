@@ -1,0 +1,132 @@
+"""Runs survive SIGKILLed stages and controllers and resume to the identical video; damaged state is refused."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import probe_mp4
+
+from orchestrator.outputs import read_latents
+
+FRAMES = 240
+ARGS = [
+    "--model", "gaussian", "--quiet", "--seconds", "30", "--fps", "8", "metrics.port=0",
+    "pipeline.stages=2", "pipeline.num_cpus=0.5", "pipeline.halo=1", "model.height=32", "model.width=32",
+    "schedule.chunk=2", "schedule.noisy_chunks=4", "schedule.steps=8", "checkpoint.every_shifts=5",
+    "recovery.backoff_seconds=0.2",
+]
+
+
+def cli(*args: str, cwd: Path, wait: bool = True):
+    command = [sys.executable, "-m", "orchestrator.cli", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def generate(cwd: Path, name: str, *extra: str, wait: bool = True):
+    return cli("generate", *ARGS, "--out", str(cwd / f"{name}.mp4"), "--latents-out", str(cwd / f"{name}.arrow"),
+               f"run.id={name}", *extra, cwd=cwd, wait=wait)
+
+
+def frames_written(cwd: Path, run_id: str) -> int:
+    try:
+        return json.loads((cwd / "runs" / run_id / "status.json").read_text())["frames_written"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_until(condition, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def stage_pids() -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    return [int(line.split()[0]) for line in ps if "ray::Stage" in line]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> torch.Tensor:
+    """Latents of the uninterrupted run."""
+    cwd = tmp_path_factory.mktemp("reference")
+    result = generate(cwd, "ref")
+    assert result.returncode == 0, result.stderr
+    return read_latents(cwd / "ref.arrow")
+
+
+def test_killed_stage_recovers_to_the_identical_video(tmp_path, reference):
+    process = generate(tmp_path, "kill1", wait=False)
+    wait_until(lambda: frames_written(tmp_path, "kill1") >= 40)
+    os.kill(random.choice(stage_pids()), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "restart 1 of 3" in stderr
+    assert torch.equal(read_latents(tmp_path / "kill1.arrow"), reference)
+    assert probe_mp4(tmp_path / "kill1.mp4")[0] == FRAMES
+
+
+def test_three_kills_at_random_shifts(tmp_path, reference):
+    rng = random.Random(7)
+    process = generate(tmp_path, "kill3", wait=False)
+    for low, high in [(10, 60), (80, 130), (150, 200)]:
+        target = rng.randint(low, high)
+        wait_until(lambda t=target: frames_written(tmp_path, "kill3") >= t or process.poll() is not None)
+        wait_until(lambda: len(stage_pids()) == 2 or process.poll() is not None)
+        if process.poll() is None:
+            os.kill(rng.choice(stage_pids()), signal.SIGKILL)
+            time.sleep(0.5)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert stderr.count("from the last checkpoint") == 3
+    assert torch.equal(read_latents(tmp_path / "kill3.arrow"), reference)
+
+
+def test_killed_controller_resumes_to_the_identical_video(tmp_path, reference):
+    process = generate(tmp_path, "ctl", wait=False)
+    wait_until(lambda: frames_written(tmp_path, "ctl") >= 60)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = tmp_path / "runs" / "ctl"
+    assert not (tmp_path / "ctl.mp4").exists() and not (tmp_path / "ctl.arrow").exists()
+    assert [p.name for p in run.rglob("*.mp4") if not p.name.startswith("seg-")] == []
+    listing = cli("runs", cwd=tmp_path).stdout
+    assert "ctl" in listing and "stopped" in listing
+    result = cli("resume", "ctl", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(read_latents(tmp_path / "ctl.arrow"), reference)
+    assert probe_mp4(tmp_path / "ctl.mp4")[0] == FRAMES
+    assert "completed" in cli("runs", cwd=tmp_path).stdout
+
+
+def test_resume_refuses_changed_video_settings_and_skips_damaged_checkpoints(tmp_path, reference):
+    process = generate(tmp_path, "dmg", wait=False)
+    wait_until(lambda: frames_written(tmp_path, "dmg") >= 120)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    refused = cli("resume", "dmg", "--quiet", "schedule.steps=12", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "pavdm: error: cannot resume with settings that change the video: schedule.steps"
+    ]
+    checkpoints = sorted((tmp_path / "runs" / "dmg" / "checkpoints").glob("ckpt-*.arrow"))
+    assert len(checkpoints) == 3
+    newest, middle = checkpoints[-1], checkpoints[-2]
+    blob = bytearray(newest.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    newest.write_bytes(bytes(blob))
+    middle.write_bytes(middle.read_bytes()[: len(middle.read_bytes()) // 3])
+    result = cli("resume", "dmg", "--quiet", "metrics.port=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("skipping damaged checkpoint") == 2
+    assert torch.equal(read_latents(tmp_path / "dmg.arrow"), reference)
+    assert probe_mp4(tmp_path / "dmg.mp4")[0] == FRAMES

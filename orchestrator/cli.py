@@ -97,20 +97,24 @@ def apply_flags(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def report(result) -> None:
+    share = result.checkpoint_seconds / result.seconds if result.seconds else 0.0
+    print(f"wrote {result.out} ({result.frames} frames in {result.seconds:.1f} s, run {result.run_id}; "
+          f"checkpoints {result.checkpoint_seconds:.1f} s = {share:.1%}; restarts {result.restarts})")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from orchestrator.generate import generate
 
     config = apply_flags(load_config(args.config, args.overrides, model=args.model), args)
-    result = generate(config, progress=not args.quiet)
-    print(f"wrote {result.out} ({result.frames} frames, {result.seconds:.1f} s, run {result.run_id})")
+    report(generate(config, progress=not args.quiet))
     return 0
 
 
 def run_resume(args: argparse.Namespace) -> int:
     from orchestrator.generate import resume
 
-    result = resume(args.run, args.root, args.overrides, progress=not args.quiet)
-    print(f"wrote {result.out} ({result.frames} frames, {result.seconds:.1f} s, run {result.run_id})")
+    report(resume(args.run, args.root, args.overrides, progress=not args.quiet))
     return 0
 
 

@@ -128,7 +128,8 @@ class Pipeline:
         the policy says so. On failure the sink drops its open segments (closed ones stay for a resume)."""
         g = plan.geometry
         workdir = str(checkpointer.run.segments)
-        ray.get(self.sink.open.remote(config, plan.size, plan.prompts, workdir, start.sink if start.resumed else None))
+        unwrap_get(self.sink.open.remote(config, plan.size, plan.prompts, workdir,
+                                         start.sink if start.resumed else None))
         planner = TickPlanner(plan.partition, g.noisy, g.context)
         planner.holder = {m: self.stages_count - 1 for m in range(-start.init_count, 0)}
         schedule = ticks(g, plan.num_chunks, start.init_count)

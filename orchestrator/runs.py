@@ -81,7 +81,11 @@ class RunFolder:
             folder.segments.mkdir(parents=True)
         except OSError as err:
             raise UserError(f"cannot create run folder {folder.path}: {err.strerror}") from None
-        config.output.out = config.output.out or str(folder.path / "video.mp4")
+        config.output.out = str(Path(config.output.out or folder.path / "video.mp4").resolve())
+        if config.output.latents_out:
+            config.output.latents_out = str(Path(config.output.latents_out).resolve())
+        if config.init_latents:
+            config.init_latents = str(Path(config.init_latents).resolve())
         folder.save_config(config)
         return folder
 

@@ -48,7 +48,8 @@ class VideoSink:
         workdir.mkdir(parents=True, exist_ok=True)
         state = resume or SinkState()
         self.video_segments = segments.truncate(workdir, "seg", state.frames)
-        self.latent_segments = segments.truncate(workdir, "lat", state.latent_frames)
+        self.latent_segments = segments.truncate(workdir, "lat", state.latent_frames if config.output.latents_out
+                                                 else 0)
         self.decoder = codec.decoder()
         if resume is not None:
             self.decoder.load_state(state.decoder)

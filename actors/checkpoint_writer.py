@@ -16,7 +16,7 @@ from orchestrator.video_sink import SinkState
 def save_checkpoint(
     uri: str, keep: int, next_tick: int, meta: dict, sink: SinkState, *published: dict[int, torch.Tensor]
 ) -> tuple[int, float]:
-    """Write the window after a shift boundary; returns (frames covered, seconds spent)."""
+    """Write the window after a shift boundary; returns (frames covered, seconds spent writing)."""
     started = time.perf_counter()
     window = {m: x for chunks in published for m, x in chunks.items()}
     CheckpointStore(uri, keep).write(make_checkpoint(next_tick, window, sink, meta))

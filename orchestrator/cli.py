@@ -79,6 +79,18 @@ def build_parser() -> Parser:
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     res.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
+    trn = commands.add_parser(
+        "train",
+        help="train a model with the progressive recipe",
+        description="Train (or fine-tune, train.init_from=FOLDER) a SkyReels-V2 transformer with the progressive "
+                    "recipe on the procedural world; the EMA weights are saved with save_pretrained.",
+    )
+    trn.add_argument("--config", action="append", default=[], metavar="FILE", help="training YAML, e.g. "
+                     "configs/train/tiny.yaml; repeatable")
+    trn.add_argument("--resume", action="store_true", help="continue from <out>/training_state.pt")
+    trn.add_argument("--quiet", action="store_true", help="no progress bar")
+    trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.steps=100")
+
     lst = commands.add_parser("runs", help="list runs", description="List runs with their state and progress.")
     lst.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
     return parser
@@ -118,6 +130,16 @@ def run_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from training.config import load_train_config
+    from training.train import train
+
+    summary = train(load_train_config(args.config, args.overrides), progress=not args.quiet, resume=args.resume)
+    print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min; loss "
+          f"{summary['loss_first_50']:.4f} -> {summary['loss_last_50']:.4f}; saved to {summary['config']['out']}")
+    return 0
+
+
 def run_list(args: argparse.Namespace) -> int:
     from orchestrator.runs import list_runs
 
@@ -133,6 +155,9 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, "runs": run_list}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="pavdm: warning: %(message)s")
     parser = build_parser()
@@ -143,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # KEY=VALUE overrides may also come between or after the options
         args.overrides = list(args.overrides) + extra
     try:
-        return {"generate": run_generate, "resume": run_resume, "runs": run_list}[args.command](args)
+        return COMMANDS[args.command](args)
     except UserError as err:
         print(f"pavdm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE

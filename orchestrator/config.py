@@ -169,6 +169,16 @@ class Config:
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
 
+BUILTIN = "builtin:"
+
+
+def resolve_model_path(path: str) -> str:
+    """'builtin:NAME' is a model shipped in the package (models/NAME); anything else is used as given."""
+    if path.startswith(BUILTIN):
+        return str(Path(str(resources.files("models"))) / path[len(BUILTIN) :])
+    return path
+
+
 def packaged_config_dir() -> Path:
     """The folder holding default.yaml and model/*.yaml inside the installed package."""
     return Path(str(resources.files("configs")))
@@ -230,10 +240,11 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 def model_layer(model: str) -> DictConfig:
-    """The config layer for --model: a packaged model config name, or a diffusers folder path."""
+    """The config layer for --model: a packaged model config (a full layer: model and the schedule it was
+    trained for), or a diffusers folder path."""
     named = packaged_config_dir() / "model" / f"{model}.yaml"
     if named.is_file():
-        return OmegaConf.create({"model": _read_yaml(named)})
+        return _read_yaml(named)
     if Path(model).is_dir():
         return OmegaConf.create({"model": {"backend": "diffusers", "path": str(Path(model).resolve())}})
     raise UserError(

@@ -159,13 +159,15 @@ class Pipeline:
                 written = self.sink.write.remote(*emitted) if emitted else None
                 clock.submitted([stats for _, _, stats in outputs], written, len(tick.finished))
                 if tick.boundary and checkpointer.policy.due():
+                    paused = time.perf_counter()  # the pipeline drains while a checkpoint is taken
                     clock.drain()
                     sink_state = self.sink.checkpoint.remote()
                     saved = save_checkpoint.options(scheduling_strategy=here).remote(
                         checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta,
                         sink_state, *states,
                     )
-                    frames, seconds = unwrap_get(saved)
+                    frames, _ = unwrap_get(saved)
+                    seconds = time.perf_counter() - paused
                     checkpointer.seconds += seconds
                     metrics.checkpoint_seconds.labels(metrics.run_id).observe(seconds)
                     checkpointer.run.set_status("running", frames, plan.size.frames, checkpointer.out)

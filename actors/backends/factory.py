@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from actors.backends.base import Backend, Codec
 from actors.codecs import FrameCount
-from orchestrator.config import ModelConfig
+from orchestrator.config import ModelConfig, resolve_model_path
+
+
+def _resolved(cfg: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(cfg, path=resolve_model_path(cfg.path))
 
 
 def build_backend(cfg: ModelConfig) -> Backend:
@@ -15,7 +21,7 @@ def build_backend(cfg: ModelConfig) -> Backend:
         return GaussianProcessBackend(cfg)
     from actors.backends.skyreels import SkyReelsBackend
 
-    return SkyReelsBackend(cfg)
+    return SkyReelsBackend(_resolved(cfg))
 
 
 def build_codec(cfg: ModelConfig) -> Codec:
@@ -26,7 +32,7 @@ def build_codec(cfg: ModelConfig) -> Codec:
         return gaussian_codec(cfg)
     from actors.backends.skyreels import skyreels_codec
 
-    return skyreels_codec(cfg)
+    return skyreels_codec(_resolved(cfg))
 
 
 def frame_count(cfg: ModelConfig) -> FrameCount:
@@ -35,4 +41,4 @@ def frame_count(cfg: ModelConfig) -> FrameCount:
         return FrameCount()
     from actors.backends.skyreels import skyreels_frame_count
 
-    return skyreels_frame_count(cfg)
+    return skyreels_frame_count(_resolved(cfg))

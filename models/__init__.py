@@ -1,0 +1,1 @@
+"""Models shipped with pavdm, in diffusers format (load them with --model NAME)."""

@@ -1,0 +1,53 @@
+"""The progressive recipe: level bookkeeping of training samples, and a micro training run that learns."""
+
+import torch
+from diffusers import SkyReelsV2Transformer3DModel
+
+from orchestrator.config import ScheduleConfig
+from orchestrator.schedule import Geometry, sigma_of
+from training.config import load_train_config
+from training.recipe import OFFSET_SCALE, WindowShape, training_sigmas, window_shape
+from training.train import train
+
+GEOMETRY = Geometry.from_config(ScheduleConfig(chunk=3, noisy_chunks=4, steps=12, context_chunks=1, shift=1.0))
+
+
+def test_levels_are_staggered_with_one_offset_per_sample():
+    generator = torch.Generator().manual_seed(0)
+    sig = training_sigmas(GEOMETRY, WindowShape(0, 3, True), 2000, generator).double()  # [B, 4]; shift 1: u
+    gaps = sig[:, 1:] - sig[:, :-1]
+    inner = (sig > 0.01).all(1) & (sig < 0.99).all(1)  # rows the clamp did not touch
+    torch.testing.assert_close(gaps[inner], torch.full_like(gaps[inner], 0.25), atol=1e-6, rtol=0)
+    # position 1 sits at u = (6 - k)/12 + delta: k uniform on {0, 1, 2}, delta ~ N(0, (0.4/4)^2)
+    expected_std = ((2 / 3) / 144 + (OFFSET_SCALE / 4) ** 2) ** 0.5
+    assert abs(sig[:, 1].mean().item() - 5 / 12) < 0.01
+    assert abs(sig[:, 1].std().item() - expected_std) < 0.01
+    assert (sig >= 0).all() and (sig <= 1).all()
+
+
+def test_window_shapes_cover_full_fill_and_drain():
+    generator = torch.Generator().manual_seed(1)
+    shapes = [window_shape(GEOMETRY, 0.5, generator) for _ in range(400)]
+    assert any(s == WindowShape(0, 3, True) for s in shapes)
+    assert any(s.last == 3 and s.first > 0 and not s.context for s in shapes)  # filling: the video start
+    assert any(s.first == 0 and s.last < 3 and s.context for s in shapes)  # draining: the video end
+
+
+def test_time_shift_is_applied():
+    generator = torch.Generator().manual_seed(2)
+    shifted = Geometry("progressive", 3, 4, 12, 1, 3.0)
+    sig = training_sigmas(shifted, WindowShape(0, 3, True), 1, generator)
+    u = training_sigmas(GEOMETRY, WindowShape(0, 3, True), 1, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(sig, sigma_of(u.double(), 3.0).float())
+
+
+def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):
+    config = load_train_config([], [
+        f"out={tmp_path / 'model'}", "optim.steps=60", "optim.batch=4", "optim.warmup=5", "optim.lr=2e-3",
+        "architecture.layers=1", "architecture.heads=2", "architecture.ffn_dim=64", "save_every=30",
+        "data.size=16", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
+    ])
+    summary = train(config, progress=False)
+    assert summary["loss_last_50"] < 0.8 * summary["loss_first_50"]
+    model = SkyReelsV2Transformer3DModel.from_pretrained(tmp_path / "model", subfolder="transformer")
+    assert model.config.num_layers == 1 and (tmp_path / "model" / "training.json").is_file()

@@ -1,0 +1,106 @@
+"""Training configuration: one dataclass per section, loaded from YAML plus `a.b=c` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import ScheduleConfig
+from orchestrator.errors import UserError
+
+
+@dataclass
+class ArchitectureConfig:
+    """The SkyReels-V2 transformer trained from scratch (ignored when fine-tuning)."""
+
+    patch: int = 4
+    """Spatial patch size; 32x32 frames with patch 4 give 64 tokens per frame."""
+    heads: int = 4
+    """Attention heads."""
+    head_dim: int = 16
+    """Channels per head; the width is heads * head_dim."""
+    layers: int = 4
+    """Transformer blocks."""
+    ffn_dim: int = 256
+    """Hidden size of the feed-forward layers."""
+
+
+@dataclass
+class DataConfig:
+    """Clips drawn from the procedural world."""
+
+    size: int = 32
+    """Frame height and width in pixels."""
+    fps: float = 8.0
+    """Frames per second of the world."""
+    max_objects: int = 2
+    """Objects per scene (1..max_objects)."""
+    fill_drain_fraction: float = 0.25
+    """Share of samples that show a filling or draining window (fewer noisy chunks, maybe no context)."""
+    text_dropout: float = 0.1
+    """Share of samples trained without text, so classifier-free guidance works."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up and cosine decay; EMA of the weights is what gets saved."""
+
+    steps: int = 3000
+    """Optimiser steps."""
+    batch: int = 8
+    """Clips per step."""
+    lr: float = 5e-4
+    """Peak learning rate."""
+    warmup: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    ema_decay: float = 0.995
+    """EMA decay of the saved weights."""
+    threads: int = 0
+    """Torch threads; 0 = all cores."""
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, the progressive recipe's window, optimiser and outputs."""
+
+    out: str = "models/tiny"
+    """Folder the model is saved to with save_pretrained (transformer/ inside)."""
+    init_from: str = ""
+    """Fine-tune a diffusers model folder (its transformer/) instead of training from scratch."""
+    seed: int = 0
+    """Seed of data, initialisation and noise."""
+    save_every: int = 500
+    """Save the EMA model and a resumable training state every this many steps."""
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(chunk=3, noisy_chunks=4, steps=12))
+    """The window the model is trained for (the same keys as generation)."""
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> TrainConfig:
+    layers = [OmegaConf.structured(TrainConfig)]
+    for f in files:
+        if not Path(f).is_file():
+            raise UserError(f"config file not found: {f}")
+        layers.append(OmegaConf.load(f))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        config: TrainConfig = OmegaConf.to_object(OmegaConf.merge(*layers))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise UserError(f"config key '{key}': {str(err).splitlines()[0]}" if key else str(err)) from None
+    sched = config.schedule
+    if sched.steps % sched.noisy_chunks:
+        raise UserError(f"schedule.steps ({sched.steps}) must be a multiple of schedule.noisy_chunks")
+    if config.optim.steps < 1 or config.optim.batch < 1:
+        raise UserError("optim.steps and optim.batch must be >= 1")
+    return config

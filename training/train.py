@@ -1,0 +1,152 @@
+"""Trains a SkyReels-V2 transformer with the progressive recipe on the procedural world; saves it for diffusers."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from actors.backends.skyreels import TRAIN_TIMESTEPS
+from actors.backends.text import load_text_encoder
+from orchestrator.config import ModelConfig
+from orchestrator.schedule import Geometry
+from training.config import TrainConfig
+from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
+from training.world import World, random_scene
+
+STATE_FILE = "training_state.pt"
+
+
+def build_transformer(config: TrainConfig, text_dim: int):
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    if config.init_from:
+        return SkyReelsV2Transformer3DModel.from_pretrained(config.init_from, subfolder="transformer")
+    arch = config.architecture
+    return SkyReelsV2Transformer3DModel(
+        patch_size=(1, arch.patch, arch.patch), num_attention_heads=arch.heads, attention_head_dim=arch.head_dim,
+        in_channels=3, out_channels=3, text_dim=text_dim, freq_dim=64, ffn_dim=arch.ffn_dim, num_layers=arch.layers,
+        rope_max_seq_len=1024,
+    )
+
+
+class CaptionEmbeddings:
+    """MiniLM token embeddings of captions, cached: the world has a few hundred distinct captions."""
+
+    def __init__(self, max_tokens: int = 32):
+        self.encoder = load_text_encoder(ModelConfig(text_encoder="minilm", max_text_tokens=max_tokens),
+                                         torch.device("cpu"))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        for text in captions:
+            if text not in self.cache:
+                self.cache[text] = self.encoder.encode(text)[0]  # [L, D]
+        return torch.stack([self.cache[text] for text in captions])  # [B, L, D]
+
+
+def sample_batch(config: TrainConfig, geometry: Geometry, shape: WindowShape, rng: np.random.Generator
+                 ) -> tuple[torch.Tensor, list[str]]:
+    """Clean clips [B, 3, F, H, W] in [-1, 1] covering the context (if shown) and the present noisy chunks."""
+    chunks = (geometry.context if shape.context else 0) + shape.last - shape.first + 1
+    clips, captions = [], []
+    for _ in range(config.optim.batch):
+        scene = random_scene(rng, config.data.max_objects)
+        world = World(scene, int(rng.integers(2**31)), config.data.size, config.data.fps)
+        world.frames(int(rng.integers(0, 4 * geometry.chunk)))  # a random phase of the motion
+        frames = world.frames(chunks * geometry.chunk)  # [F, H, W, 3] uint8
+        clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)  # [3, F, H, W]
+        captions.append(scene.caption)
+    return torch.stack(clips), captions
+
+
+def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Tensor) -> torch.Tensor:
+    """Per-frame levels [B, F]: zeros for the context, each noisy chunk's level repeated over its frames."""
+    noisy = chunk_sigmas.repeat_interleave(geometry.chunk, dim=1)  # [B, P*C]
+    context = geometry.context * geometry.chunk if shape.context else 0
+    return torch.cat([noisy.new_zeros(noisy.shape[0], context), noisy], dim=1)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    optim = config.optim
+    if step < optim.warmup:
+        return optim.lr * (step + 1) / optim.warmup
+    progress = (step - optim.warmup) / max(1, optim.steps - optim.warmup)
+    return optim.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
+    """Run the recipe; returns a summary (steps, seconds, final loss) also written to <out>/training.json."""
+    from diffusers.training_utils import EMAModel
+
+    if config.optim.threads:
+        torch.set_num_threads(config.optim.threads)
+    torch.manual_seed(config.seed)
+    geometry = Geometry.from_config(config.schedule)
+    out = Path(config.out)
+    captions = CaptionEmbeddings()
+    model = build_transformer(config, captions.encoder.dim).train()
+    ema = EMAModel(model.parameters(), decay=config.optim.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    step, losses, started = 0, [], time.perf_counter()
+    if resume and (out / STATE_FILE).is_file():
+        state = torch.load(out / STATE_FILE, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        rng.bit_generator.state = state["rng"]
+        step, losses = state["step"], state["losses"]
+    empty = captions([""])[0]  # [L, D]: the unconditional prompt of classifier-free guidance
+    bar = tqdm(total=config.optim.steps, initial=step, disable=not progress, desc="training", dynamic_ncols=True)
+    while step < config.optim.steps:
+        shape = window_shape(geometry, config.data.fill_drain_fraction, generator)
+        clean, texts = sample_batch(config, geometry, shape, rng)  # [B, 3, F, H, W]
+        text = captions(texts)  # [B, L, D]
+        drop = torch.rand(len(texts), generator=generator) < config.data.text_dropout
+        text[drop] = empty
+        sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, len(texts), generator))  # [B, F]
+        x, target = noisy_inputs(clean, sigmas, generator)
+        prediction = model(hidden_states=x, timestep=sigmas * TRAIN_TIMESTEPS, encoder_hidden_states=text,
+                           enable_diffusion_forcing=True, return_dict=False)[0]
+        noisy = sigmas > 0  # [B, F]: the clean context is left out of the loss
+        loss = F.mse_loss(prediction.permute(0, 2, 1, 3, 4)[noisy], target.permute(0, 2, 1, 3, 4)[noisy])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        ema.step(model.parameters())
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % config.save_every == 0 or step == config.optim.steps:
+            save(model, ema, optimizer, generator, rng, step, losses, out)
+    bar.close()
+    summary = {"steps": step, "seconds": time.perf_counter() - started, "loss_first_50": float(np.mean(losses[:50])),
+               "loss_last_50": float(np.mean(losses[-50:])), "config": asdict(config)}
+    (out / "training.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def save(model, ema, optimizer, generator, rng, step: int, losses: list[float], out: Path) -> None:
+    """The EMA weights with save_pretrained (what generation loads) and the state to continue training."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "rng": rng.bit_generator.state, "step": step, "losses": losses},
+               out / STATE_FILE)
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.save_pretrained(out / "transformer")
+    ema.restore(model.parameters())

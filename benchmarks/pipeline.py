@@ -18,14 +18,15 @@ from pathlib import Path
 import psutil
 import ray
 import torch
-from tqdm import tqdm
 
 from actors.backends.factory import build_backend, frame_count
 from benchmarks.bench_model import bench_config, temp_bench_model
 from orchestrator.config import Config, ModelConfig, ScheduleConfig
-from orchestrator.controller import Pipeline
-from orchestrator.generate import plan_video, run_local
+from orchestrator.controller import Pipeline, run_video
+from orchestrator.generate import Checkpointer, plan_video, run_local
 from orchestrator.metrics import PipelineMetrics
+from orchestrator.run_state import StartState
+from orchestrator.runs import RunFolder
 from orchestrator.schedule import total_ticks
 
 
@@ -36,22 +37,28 @@ def with_topology(config: Config, stages: int, halo, threads: int, num_cpus: flo
     return config
 
 
-def time_reference(config: Config) -> float:
+def time_reference(config: Config, backend) -> float:
     """Seconds of one in-process run (model already loaded), MP4 writing included."""
     torch.set_num_threads(config.pipeline.threads)
-    backend = build_backend(config.model)
+    config.run.id, config.run.root = "", tempfile.mkdtemp(prefix="pavdm-bench-runs-")
+    run = RunFolder.create(config)
     plan = plan_video(config, frame_count(config.model))
+    checkpointer = Checkpointer(run, config, plan, 0)
     start = time.perf_counter()
-    run_local(config, plan, backend, lambda n: None)
+    run_local(config, plan, backend, StartState(), checkpointer, lambda n: None)
     return time.perf_counter() - start
+
+
+def run_once(pipeline: Pipeline, config: Config, metrics: PipelineMetrics) -> None:
+    """One video on already-built stages, in a new run folder (checkpoints as configured)."""
+    config.run.id, config.run.root = "", tempfile.mkdtemp(prefix="pavdm-bench-runs-")
+    run_video(pipeline, config, plan_video(config, frame_count(config.model)), RunFolder.create(config), metrics)
 
 
 def time_pipeline(pipeline: Pipeline, config: Config) -> float:
     """Seconds of one run on already-built stages, MP4 writing (in the sink) included."""
-    plan = plan_video(config, frame_count(config.model))
-    metrics = PipelineMetrics("bench", config.pipeline.stages)
     start = time.perf_counter()
-    pipeline.run(config, plan, metrics, tqdm(disable=True))
+    run_once(pipeline, config, PipelineMetrics("bench", config.pipeline.stages))
     return time.perf_counter() - start
 
 
@@ -65,7 +72,8 @@ def compare(args, label_a: str, config_a: Config, label_b: str, config_b: Config
     runners = {}
     for label, config in ((label_a, config_a), (label_b, config_b)):
         if config.pipeline.stages == 0:
-            runners[label] = lambda c=config: time_reference(c)
+            backend = build_backend(config.model)
+            runners[label] = lambda c=config, b=backend: time_reference(c, b)
         else:
             pipeline = Pipeline(config)
             runners[label] = lambda p=pipeline, c=config: time_pipeline(p, c)
@@ -84,15 +92,16 @@ def compare(args, label_a: str, config_a: Config, label_b: str, config_b: Config
 
 def overhead(args) -> None:
     folder = temp_bench_model()
-    reference = with_topology(bench_config(folder, args.seconds), 0, "all", args.threads, args.threads)
-    ray_p1 = with_topology(bench_config(folder, args.seconds), 1, "all", args.threads, args.threads)
+    reference = with_topology(bench_config(folder, args.seconds), 0, "all", args.threads, 0.5)
+    ray_p1 = with_topology(bench_config(folder, args.seconds), 1, "all", args.threads, 0.5)
     compare(args, f"reference sampler ({args.threads} thr)", reference, f"ray P=1 ({args.threads} thr)", ray_p1)
 
 
 def scaling(args) -> None:
     folder = temp_bench_model()
-    one = with_topology(bench_config(folder, args.seconds), 1, args.halo, 1, 1)
-    two = with_topology(bench_config(folder, args.seconds), 2, args.halo, 1, 1)
+    # both pipelines stay up during the comparison: reserve half a CPU per stage so three stages fit on two cores
+    one = with_topology(bench_config(folder, args.seconds), 1, args.halo, 1, 0.5)
+    two = with_topology(bench_config(folder, args.seconds), 2, args.halo, 1, 0.5)
     compare(args, f"ray P=1 h={args.halo} (1 thr)", one, f"ray P=2 h={args.halo} (1 thr each)", two)
 
 
@@ -110,7 +119,7 @@ def ticks(args) -> None:
     time_pipeline(pipeline, config)
     metrics = PipelineMetrics("ticks", args.stages)
     start, cpu_start = time.perf_counter(), time.process_time()
-    pipeline.run(config, plan, metrics, tqdm(disable=True))
+    run_once(pipeline, config, metrics)
     wall, controller_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     count = total_ticks(plan.geometry, plan.num_chunks)
     calls = sum(metrics.call_seconds.labels("ticks", str(j))._sum.get() for j in range(args.stages))
@@ -146,7 +155,7 @@ def memory(args) -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        pipeline.run(config, plan, PipelineMetrics("mem", 2), tqdm(disable=True))
+        run_once(pipeline, config, PipelineMetrics("mem", 2))
     finally:
         done.set()
         watcher.join()

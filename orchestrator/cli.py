@@ -91,6 +91,22 @@ def build_parser() -> Parser:
     trn.add_argument("--quiet", action="store_true", help="no progress bar")
     trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.steps=100")
 
+    ev = commands.add_parser(
+        "eval",
+        help="measure quality over time on the procedural world",
+        description="Generate long videos for fixed prompts and seeds under the progressive schedule and the "
+                    "comparison schedules, score every 2-s segment with the world's probe, and write a table "
+                    "(report.md), results.json and a PNG plot per metric.",
+    )
+    ev.add_argument("--model", default="tiny", metavar="NAME|PATH", help="model to evaluate (default tiny)")
+    ev.add_argument("--seconds", type=float, default=60.0, help="length of every video (default 60)")
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    ev.add_argument("--prompt", action="append", help="prompts (default: five fixed world captions)")
+    ev.add_argument("--kinds", nargs="+", default=None, help="schedules (default: all four)")
+    ev.add_argument("--out-dir", default="eval", help="folder for the results (default eval)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
     lst = commands.add_parser("runs", help="list runs", description="List runs with their state and progress.")
     lst.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
     return parser
@@ -140,6 +156,20 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.evaluate import KINDS, PROMPTS, evaluate, report
+
+    if not args.seconds > 0:
+        raise UserError(f"--seconds must be > 0, got {args.seconds}")
+    summary = evaluate(args.model, args.seconds, args.seeds, args.prompt or list(PROMPTS), args.kinds or list(KINDS),
+                       Path(args.out_dir), args.overrides, progress=not args.quiet)
+    print(report(summary, args.seconds), end="")
+    print(f"results in {args.out_dir}/")
+    return 0
+
+
 def run_list(args: argparse.Namespace) -> int:
     from orchestrator.runs import list_runs
 
@@ -155,7 +185,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, "runs": run_list}
+COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, "eval": run_eval, "runs": run_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

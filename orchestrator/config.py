@@ -85,6 +85,8 @@ class PipelineConfig:
     """Torch threads per stage actor; 0 = max(1, round(num_cpus))."""
     lookahead: int = 2
     """Ticks the controller submits ahead of the slowest finished one."""
+    start_timeout: float = 300.0
+    """Seconds to wait for the stages to be placed and load their models before giving up."""
     ray_address: str = ""
     """Ray cluster to join; empty = RAY_ADDRESS if set, else start a local cluster."""
 

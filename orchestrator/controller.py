@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
@@ -112,10 +112,17 @@ class Pipeline:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.sink = Sink.options(num_cpus=0, scheduling_strategy=here).remote()  # writes files on this node
         try:
-            shapes = ray.get([stage.ready.remote() for stage in self.stages])
+            shapes = ray.get([stage.ready.remote() for stage in self.stages], timeout=cfg.start_timeout)
         except RayTaskError as err:
             self.shutdown()
             raise UserError(f"a stage could not build its model: {remote_cause(err)}") from None
+        except GetTimeoutError:
+            self.shutdown()
+            raise UserError(
+                f"the stages did not start within pipeline.start_timeout={cfg.start_timeout:g} s: the cluster may "
+                f"be busy or lack the requested resources (pipeline.num_cpus={cfg.num_cpus:g}, "
+                f"pipeline.num_gpus={cfg.num_gpus:g} per stage)"
+            ) from None
         self.latent_shape = shapes[0]
 
     def shutdown(self) -> None:

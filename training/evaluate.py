@@ -1,0 +1,139 @@
+"""Quality over time: long videos for fixed prompts and seeds under every schedule, scored per 2-s segment."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from actors.backends.base import Backend, PromptEncodings
+from actors.backends.factory import build_backend, frame_count
+from orchestrator.config import Config, load_config
+from orchestrator.generate import plan_video
+from orchestrator.sampler import NoiseSource, sample
+from training.probe import score_video
+from training.world import parse_caption
+
+PROMPTS = (
+    "a red circle bouncing",
+    "a blue square bouncing",
+    "a green triangle and a yellow circle bouncing",
+    "a magenta square and a cyan triangle bouncing",
+    "a white circle and a red triangle bouncing",
+)
+KINDS = ("progressive", "chunked", "replace_noise", "fifo")
+METRICS = ("presence", "count_stability", "size_stability", "smoothness", "background_clean", "sharpness",
+           "colour_drift", "abruptness")
+WINDOW_SECONDS = 10.0  # the first and the last this many seconds are compared
+
+
+def render_frames(config: Config, backend: Backend) -> np.ndarray:
+    """A whole video in this process, decoded without lossy encoding: [T, H, W, 3] uint8."""
+    plan = plan_video(config, frame_count(config.model))
+    g = plan.geometry
+    encodings = PromptEncodings(backend)
+    noise = NoiseSource(config.seed, (backend.latent_shape[0], g.chunk, *backend.latent_shape[1:]))
+    decoder = backend.codec.decoder()
+    frames = []
+    for m, x in sample(backend.velocity, g, plan.num_chunks, noise, lambda c: encodings.get(plan.prompts.of(c))):
+        keep = min(g.chunk, plan.size.latent_frames - m * g.chunk)
+        frames.append(decoder.decode(x[:, :keep]))
+    return torch.cat(frames).numpy()[: plan.size.frames]
+
+
+@dataclass
+class Scored:
+    kind: str
+    prompt: str
+    seed: int
+    segments: list[dict[str, float]]
+
+
+def summarise(scored: list[Scored], seconds: float) -> dict[str, dict[str, dict[str, float]]]:
+    """kind -> metric -> {first, last, change}: means over videos of the first and last WINDOW_SECONDS."""
+    summary = {}
+    for kind in dict.fromkeys(s.kind for s in scored):
+        rows = {}
+        for metric in METRICS:
+            first = [seg[metric] for s in scored if s.kind == kind for seg in s.segments
+                     if seg["end"] <= WINDOW_SECONDS and not math.isnan(seg[metric])]
+            last = [seg[metric] for s in scored if s.kind == kind for seg in s.segments
+                    if seg["start"] >= seconds - WINDOW_SECONDS and not math.isnan(seg[metric])]
+            a, b = float(np.mean(first)) if first else math.nan, float(np.mean(last)) if last else math.nan
+            rows[metric] = {"first": a, "last": b, "change": (b - a) / abs(a) if a else math.nan}
+        summary[kind] = rows
+    return summary
+
+
+def plot(scored: list[Scored], out_dir: Path) -> list[Path]:
+    """One PNG per metric: its mean over prompts and seeds against time, a line per schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in METRICS:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for kind in dict.fromkeys(s.kind for s in scored):
+            runs = [s.segments for s in scored if s.kind == kind]
+            times = [seg["start"] for seg in runs[0]]
+            values = np.nanmean([[seg[metric] for seg in segs] for segs in runs], axis=0)
+            ax.plot(times, values, label=kind)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{metric}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def frame_strip(frames: np.ndarray, fps: float, every_seconds: float, path: Path, scale: int = 3) -> Path:
+    """A PNG of frames taken every `every_seconds`, side by side, enlarged `scale` times."""
+    import matplotlib.image
+
+    picks = frames[:: max(1, round(every_seconds * fps))]  # [K, H, W, 3]
+    strip = np.concatenate([np.pad(f, ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in picks], axis=1)
+    matplotlib.image.imsave(path, strip.repeat(scale, axis=0).repeat(scale, axis=1))
+    return path
+
+
+def report(summary: dict, seconds: float) -> str:
+    """A Markdown table: first vs last WINDOW_SECONDS of every metric for every schedule."""
+    lines = [f"| schedule | metric | first {WINDOW_SECONDS:g} s | last {WINDOW_SECONDS:g} s | change |",
+             "|---|---|---|---|---|"]
+    for kind, rows in summary.items():
+        for metric, row in rows.items():
+            lines.append(f"| {kind} | {metric} | {row['first']:.3f} | {row['last']:.3f} | {row['change']:+.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(model: str, seconds: float, seeds: list[int], prompts: list[str], kinds: list[str], out_dir: Path,
+             overrides: list[str] = (), progress: bool = True) -> dict:
+    """Generate, score, summarise, plot; writes results.json, report.md, <metric>.png and strip.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scored: list[Scored] = []
+    backend = None
+    jobs = [(kind, prompt, seed) for kind in kinds for prompt in prompts for seed in seeds]
+    for kind, prompt, seed in tqdm(jobs, desc="evaluating", disable=not progress):
+        config = load_config([], [*overrides, f"schedule.kind={kind}", "pipeline.stages=0"], model=model)
+        config.prompts, config.seconds, config.seed = [prompt], seconds, seed
+        backend = backend or build_backend(config.model)
+        frames = render_frames(config, backend)
+        scored.append(Scored(kind, prompt, seed, score_video(frames, parse_caption(prompt), config.fps)))
+        if kind == kinds[0] and prompt == prompts[0] and seed == seeds[0]:
+            frame_strip(frames, config.fps, seconds / 10, out_dir / "strip.png")
+    summary = summarise(scored, seconds)
+    (out_dir / "results.json").write_text(json.dumps(
+        {"summary": summary, "videos": [s.__dict__ for s in scored]}, indent=1))
+    (out_dir / "report.md").write_text(report(summary, seconds))
+    plot(scored, out_dir)
+    return summary

@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pavdm generate --model gaussian --seconds 60 --fps 8 --seed 0 --out demo.mp4
+	$(BIN)/pavdm generate --model tiny --prompt "a red circle and a blue square bouncing" --seconds 60 \
+		--seed 0 --out demo.mp4
 
 test: $(STAMP) prometheus
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ from orchestrator.config import Config, load_config, model_names, validate
 from orchestrator.errors import RunFailed, UserError
 
 EXIT_USAGE = 2
+DEFAULT_MODEL = "tiny"  # the embedded model shipped in models/tiny
 EXIT_FAILED = 1
 
 
@@ -33,7 +34,7 @@ prompt schedule:
   next one, e.g. --prompt "0:a red circle" --prompt "20:a green square". A plain TEXT starts at 0.
 
 examples:
-  pavdm generate --prompt "a red circle bouncing" --seconds 10 --out circle.mp4
+  pavdm generate --prompt "a red circle and a blue square bouncing" --seconds 60 --out shapes.mp4
   pavdm generate --model gaussian --seconds 60 --fps 24 schedule.steps=60 --out gp.mp4
   pavdm generate --model ./my-skyreels-folder --latents-out latents.arrow --out video.mp4
 """
@@ -62,7 +63,8 @@ def build_parser() -> Parser:
     gen.add_argument("--init-latents", metavar="FILE.arrow",
                      help="continue a video: its last chunks (from --latents-out) become the context")
     gen.add_argument("--model", metavar="NAME|PATH",
-                     help=f"model config name ({', '.join(model_names())}) or a diffusers model folder")
+                     help=f"model config name ({', '.join(model_names())}; default {DEFAULT_MODEL}) or a diffusers "
+                          "model folder")
     gen.add_argument("--config", action="append", default=[], metavar="FILE",
                      help="extra YAML config merged over the defaults; repeatable")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,7 +136,7 @@ def report(result) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from orchestrator.generate import generate
 
-    config = apply_flags(load_config(args.config, args.overrides, model=args.model), args)
+    config = apply_flags(load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL), args)
     report(generate(config, progress=not args.quiet))
     return 0
 

@@ -197,7 +197,7 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"config key '{key}': {message}" if key else message
 
 
-def _read_yaml(path: Path) -> DictConfig:
+def read_yaml(path: Path) -> DictConfig:
     try:
         return OmegaConf.load(path)
     except FileNotFoundError:
@@ -206,37 +206,35 @@ def _read_yaml(path: Path) -> DictConfig:
         raise UserError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
 
 
-def load_config(
-    files: list[str | Path] = (), overrides: list[str] = (), model: str | None = None
-) -> Config:
-    """Merge packaged defaults, a --model choice, extra YAML files and `a.b=c` overrides; validate."""
-    layers: list[Any] = [OmegaConf.structured(Config), _read_yaml(packaged_config_dir() / "default.yaml")]
-    if model:
-        layers.append(model_layer(model))
-    layers += [_read_yaml(Path(f)) for f in files]
+def merge_layers(base: Any, layers: list[Any], overrides: list[str]) -> Any:
+    """A structured config (a dataclass or instance) merged with YAML layers and `a.b=c` overrides; an
+    unknown key or a wrong type is a UserError naming the key."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not of the form key=value")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
-        config: Config = OmegaConf.to_object(merged)
+        merged = OmegaConf.merge(OmegaConf.structured(base), *layers, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise UserError(_describe(err)) from None
+
+
+def load_config(
+    files: list[str | Path] = (), overrides: list[str] = (), model: str | None = None
+) -> Config:
+    """Merge packaged defaults, a --model choice, extra YAML files and `a.b=c` overrides; validate."""
+    layers: list[Any] = [read_yaml(packaged_config_dir() / "default.yaml")]
+    if model:
+        layers.append(model_layer(model))
+    layers += [read_yaml(Path(f)) for f in files]
+    config: Config = merge_layers(Config, layers, overrides)
     validate(config)
     return config
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """`a.b=c` overrides applied to an existing config, validated."""
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' is not of the form key=value")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(config), OmegaConf.from_dotlist(list(overrides)))
-        result: Config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise UserError(_describe(err)) from None
+    result: Config = merge_layers(config, [], overrides)
     validate(result)
     return result
 
@@ -246,7 +244,7 @@ def model_layer(model: str) -> DictConfig:
     trained for), or a diffusers folder path."""
     named = packaged_config_dir() / "model" / f"{model}.yaml"
     if named.is_file():
-        return _read_yaml(named)
+        return read_yaml(named)
     if Path(model).is_dir():
         return OmegaConf.create({"model": {"backend": "diffusers", "path": str(Path(model).resolve())}})
     raise UserError(
@@ -330,10 +328,7 @@ def identity_hash(config: Config) -> str:
 
 def from_yaml(text: str) -> Config:
     """A Config back from to_yaml (a run folder's config.yaml)."""
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text)))
-    except OmegaConfBaseException as err:
-        raise UserError(_describe(err)) from None
+    return merge_layers(Config, [OmegaConf.create(text)], [])
 
 
 def to_yaml(config: Config) -> str:

@@ -127,3 +127,12 @@ def test_diffusers_vae_model_with_folder_text_encoder(tmp_path, tiny_vae_model):
                  "schedule.noisy_chunks=3", "schedule.steps=6"])
     assert code == 0
     assert probe_mp4(out) == (14, 16, 16, "h264")
+
+
+def test_prompt_schedule_switches_the_conditioning_at_its_time(tmp_path):
+    latents = tmp_path / "l.arrow"
+    generate(tmp_path, "--seconds", "4", "--prompt", "0:a red circle", "--prompt", "2:a green square",
+             "--latents-out", str(latents))
+    prompts = pa.ipc.open_file(str(latents)).read_all().column("prompt").to_pylist()
+    # chunks of 5 frames at 8 fps: chunk 4 (frames 20-24) is the first to start at or after 2 s
+    assert prompts == ["a red circle"] * 20 + ["a green square"] * 12

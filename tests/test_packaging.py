@@ -18,7 +18,9 @@ def test_wheel_holds_package_data_and_runs_elsewhere(tmp_path):
     )
     wheel = next((tmp_path / "dist").glob("pavdm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"configs/default.yaml", "configs/model/gaussian.yaml", "orchestrator/cli.py"} <= set(names)
+    assert {"configs/default.yaml", "configs/model/gaussian.yaml", "configs/model/tiny.yaml", "orchestrator/cli.py",
+            "training/world.py", "models/tiny/README.md", "models/tiny/transformer/config.json",
+            "models/tiny/transformer/diffusion_pytorch_model.safetensors"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"

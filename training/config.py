@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from orchestrator.config import ScheduleConfig
+from orchestrator.config import ScheduleConfig, merge_layers, read_yaml
 from orchestrator.errors import UserError
 
 
@@ -84,20 +81,8 @@ class TrainConfig:
 
 
 def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> TrainConfig:
-    layers = [OmegaConf.structured(TrainConfig)]
-    for f in files:
-        if not Path(f).is_file():
-            raise UserError(f"config file not found: {f}")
-        layers.append(OmegaConf.load(f))
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' is not of the form key=value")
-    try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        config: TrainConfig = OmegaConf.to_object(OmegaConf.merge(*layers))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        raise UserError(f"config key '{key}': {str(err).splitlines()[0]}" if key else str(err)) from None
+    """TrainConfig defaults merged with YAML files and `a.b=c` overrides; checked."""
+    config: TrainConfig = merge_layers(TrainConfig, [read_yaml(Path(f)) for f in files], overrides)
     sched = config.schedule
     if sched.steps % sched.noisy_chunks:
         raise UserError(f"schedule.steps ({sched.steps}) must be a multiple of schedule.noisy_chunks")

@@ -43,8 +43,8 @@ def test_time_shift_is_applied():
 
 def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):
     config = load_train_config([], [
-        f"out={tmp_path / 'model'}", "optim.steps=60", "optim.batch=4", "optim.warmup=5", "optim.lr=2e-3",
-        "architecture.layers=1", "architecture.heads=2", "architecture.ffn_dim=64", "save_every=30",
+        f"out={tmp_path / 'model'}", "optim.steps=150", "optim.batch=4", "optim.warmup=10", "optim.lr=2e-3",
+        "architecture.layers=1", "architecture.heads=2", "architecture.ffn_dim=64", "save_every=100",
         "data.size=16", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
     ])
     summary = train(config, progress=False)

@@ -8,8 +8,10 @@ import ray
 import torch
 
 from actors.backends.factory import build_codec
+from orchestrator.checkpoint import CheckpointStore
 from orchestrator.config import Config
 from orchestrator.prompts import ChunkPrompts
+from orchestrator.run_state import make_checkpoint
 from orchestrator.video_sink import SinkState, VideoSink, VideoSize
 
 
@@ -29,9 +31,14 @@ class Sink:
             self.codec, self.codec_key = build_codec(config.model), key
         self.video = VideoSink(config, self.codec, size, prompts, Path(workdir), resume)
 
-    def checkpoint(self) -> SinkState:
-        """Close the open segments; everything written so far is durable."""
-        return self.video.checkpoint()
+    def save_checkpoint(self, uri: str, keep: int, next_tick: int, meta: dict,
+                        *published: dict[int, torch.Tensor]) -> int:
+        """Close the open segments, then write one checkpoint of the window (the stages' published chunks)
+        and this sink's state. Runs after every write submitted before it; returns the frames it covers."""
+        state = self.video.checkpoint()
+        window = {m: x for chunks in published for m, x in chunks.items()}
+        CheckpointStore(uri, keep).write(make_checkpoint(next_tick, window, state, meta))
+        return state.frames
 
     def write(self, *emitted: list[tuple[int, torch.Tensor]]) -> int:
         """Chunks emitted by one tick, from one or more stages; returns frames written so far."""

@@ -17,7 +17,6 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayT
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from actors.checkpoint_writer import save_checkpoint
 from actors.sink import Sink
 from actors.stage import Stage, StageTick, TickStats
 from orchestrator.config import Config, PipelineConfig
@@ -152,7 +151,6 @@ class Pipeline:
         ray.wait(states, num_returns=len(states))
         clock = TickClock(metrics, bar, plan.size.frames, self.stages_count, config.pipeline.lookahead,
                           start.sink.frames)
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         try:
             for tick in schedule:
                 prompt = plan.prompts.of(tick.cond_chunk)
@@ -168,12 +166,9 @@ class Pipeline:
                 if tick.boundary and checkpointer.policy.due():
                     paused = time.perf_counter()  # the pipeline drains while a checkpoint is taken
                     clock.drain()
-                    sink_state = self.sink.checkpoint.remote()
-                    saved = save_checkpoint.options(scheduling_strategy=here).remote(
-                        checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta,
-                        sink_state, *states,
-                    )
-                    frames, _ = unwrap_get(saved)
+                    frames = unwrap_get(self.sink.save_checkpoint.remote(
+                        checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta, *states
+                    ))
                     seconds = time.perf_counter() - paused
                     checkpointer.seconds += seconds
                     metrics.checkpoint_seconds.labels(metrics.run_id).observe(seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def plot(scored: list[Scored], out_dir: Path) -> list[Path]:
         for kind in dict.fromkeys(s.kind for s in scored):
             runs = [s.segments for s in scored if s.kind == kind]
             times = [seg["start"] for seg in runs[0]]
-            values = np.nanmean([[seg[metric] for seg in segs] for segs in runs], axis=0)
+            with warnings.catch_warnings():  # a segment with no sample in any video stays NaN (a gap in the line)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                values = np.nanmean([[seg[metric] for seg in segs] for segs in runs], axis=0)
             ax.plot(times, values, label=kind)
         ax.set_xlabel("seconds")
         ax.set_ylabel(metric)

@@ -11,7 +11,7 @@ from actors.backends.factory import build_codec
 from orchestrator.checkpoint import CheckpointStore
 from orchestrator.config import Config
 from orchestrator.prompts import ChunkPrompts
-from orchestrator.run_state import make_checkpoint
+from orchestrator.run_state import write_checkpoint
 from orchestrator.video_sink import SinkState, VideoSink, VideoSize
 
 
@@ -35,10 +35,8 @@ class Sink:
                         *published: dict[int, torch.Tensor]) -> int:
         """Close the open segments, then write one checkpoint of the window (the stages' published chunks)
         and this sink's state. Runs after every write submitted before it; returns the frames it covers."""
-        state = self.video.checkpoint()
         window = {m: x for chunks in published for m, x in chunks.items()}
-        CheckpointStore(uri, keep).write(make_checkpoint(next_tick, window, state, meta))
-        return state.frames
+        return write_checkpoint(self.video, CheckpointStore(uri, keep), next_tick, window, meta)
 
     def write(self, *emitted: list[tuple[int, torch.Tensor]]) -> int:
         """Chunks emitted by one tick, from one or more stages; returns frames written so far."""

@@ -13,7 +13,7 @@ from actors.backends.factory import build_backend
 from orchestrator.config import ModelConfig
 from orchestrator.errors import UserError
 from orchestrator.partition import BandView
-from orchestrator.sampler import NoiseSource, band_inputs, denoise_band
+from orchestrator.sampler import NoiseSource, denoise_view
 from orchestrator.schedule import Geometry, Tick, level_sigmas
 
 
@@ -25,6 +25,7 @@ class StageTick:
     view: BandView | None  # None: the band holds no chunk now (fill, drain) and makes no call
     draw: tuple[int, ...]  # entering chunks this stage needs, drawn here from their seeded noise
     keep: frozenset[int]  # chunks to hold (and publish) after the tick
+    needs: frozenset[int]  # chunks this tick reads or keeps: its view's slice and `keep`
     emit: tuple[int, ...]  # chunks that finish in this stage's band this tick
     prompt: str
 
@@ -80,13 +81,9 @@ class Stage:
         """
         started = time.time()
         tick, view = plan.tick, plan.view
-        wanted = set(plan.keep)
-        if view is not None:
-            entries = [c.chunk for c in tick.context] + [u.chunk for u in tick.noisy]
-            wanted |= set(entries[view.start : view.stop])
         received = 0
         for peer in peers:
-            for m in wanted.difference(self.store).intersection(peer):
+            for m in plan.needs.difference(self.store).intersection(peer):
                 self.store[m] = peer[m]
                 received += peer[m].numel() * peer[m].element_size()
         for m in plan.draw:
@@ -94,12 +91,9 @@ class Stage:
         call_seconds = 0.0
         if view is not None:
             call_started = time.perf_counter()
-            inputs = band_inputs(tick, view, self.store, self.noise, self.sigmas)
-            updated = denoise_band(self.backend.velocity, *inputs, self.encodings.get(plan.prompt))
+            self.store |= denoise_view(self.backend.velocity, tick, view, self.store, self.noise, self.sigmas,
+                                       self.encodings.get(plan.prompt))
             call_seconds = time.perf_counter() - call_started
-            n_context = len(tick.context)
-            for i, x in zip(view.own, updated, strict=True):
-                self.store[tick.noisy[i - n_context].chunk] = x
         emitted = [(m, self.store[m]) for m in plan.emit]
         self.store = {m: x for m, x in self.store.items() if m in plan.keep}
         stats = TickStats(self.index, tick.index, call_seconds, started, time.time(), received)

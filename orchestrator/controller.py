@@ -21,7 +21,7 @@ from actors.sink import Sink
 from actors.stage import Stage, StageTick, TickStats
 from orchestrator.config import Config, PipelineConfig
 from orchestrator.errors import RunFailed, UserError
-from orchestrator.generate import Checkpointer, VideoPlan, frame_progress, initial_state
+from orchestrator.generate import Checkpointer, VideoPlan, begin, frame_progress
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.partition import Partition, band_views
 from orchestrator.run_state import StartState
@@ -94,7 +94,7 @@ class TickPlanner:
             wanted = keep | (set(entries[view.start : view.stop]) if view else set())
             draw = tuple(m for m in tick.entering if m in wanted)
             sources = {self.holder[m] for m in wanted - set(draw)} - {j}
-            plans.append((StageTick(tick, view, draw, frozenset(keep), emit, prompt), sources))
+            plans.append((StageTick(tick, view, draw, frozenset(keep), frozenset(wanted), emit, prompt), sources))
         self.holder = {m: j for j, (stage_tick, _) in enumerate(plans) for m in stage_tick.keep}
         return plans
 
@@ -164,15 +164,15 @@ class Pipeline:
                 written = self.sink.write.remote(*emitted) if emitted else None
                 clock.submitted([stats for _, _, stats in outputs], written, len(tick.finished))
                 if tick.boundary and checkpointer.policy.due():
-                    paused = time.perf_counter()  # the pipeline drains while a checkpoint is taken
-                    clock.drain()
-                    frames = unwrap_get(self.sink.save_checkpoint.remote(
-                        checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta, *states
-                    ))
-                    seconds = time.perf_counter() - paused
-                    checkpointer.seconds += seconds
+
+                    def take(next_tick=tick.index + 1, published=states) -> int:
+                        clock.drain()  # the pipeline pauses while the checkpoint is taken
+                        return unwrap_get(self.sink.save_checkpoint.remote(
+                            checkpointer.store.uri, checkpointer.store.keep, next_tick, checkpointer.meta, *published
+                        ))
+
+                    seconds = checkpointer.timed(take)
                     metrics.checkpoint_seconds.labels(metrics.run_id).observe(seconds)
-                    checkpointer.run.set_status("running", frames, plan.size.frames, checkpointer.out)
             clock.drain()
             out = Path(ray.get(self.sink.finish.remote()))
         except BaseException:
@@ -251,8 +251,7 @@ def stage_died(err: BaseException) -> bool:
 def run_video(pipeline: Pipeline, config: Config, plan: VideoPlan, run: RunFolder, metrics: PipelineMetrics,
               progress: bool = False) -> tuple[Path, Checkpointer]:
     """One video on built stages, from the run's newest valid checkpoint or from the start."""
-    start = initial_state(config, plan, run.checkpoints(config), pipeline.latent_shape)
-    checkpointer = Checkpointer(run, config, plan, start.init_count)
+    start, checkpointer = begin(run, config, plan, pipeline.latent_shape)
     with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
         return pipeline.run(config, plan, metrics, bar, start, checkpointer), checkpointer
 
@@ -274,10 +273,10 @@ def run_pipeline(config: Config, plan: VideoPlan, run: RunFolder, progress: bool
                     return out, checkpointer, restarts
                 except Exception as err:
                     metrics.errors.labels(metrics.run_id, type(remote_cause(err)).__name__).inc()
-                    if not stage_died(err) or restarts >= config.recovery.max_restarts:
-                        if stage_died(err):
-                            raise RunFailed(f"a pipeline actor died {restarts + 1} times; giving up: {err}") from None
+                    if not stage_died(err):
                         raise
+                    if restarts >= config.recovery.max_restarts:
+                        raise RunFailed(f"a pipeline actor died {restarts + 1} times; giving up: {err}") from None
                     restarts += 1
                     metrics.restarts.labels(metrics.run_id).inc()
                     log.warning("a pipeline actor died (%s); restart %d of %d from the last checkpoint",

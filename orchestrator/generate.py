@@ -24,8 +24,8 @@ from orchestrator.run_state import (
     checkpoint_meta,
     differing_keys,
     fresh_start,
-    make_checkpoint,
     start_from,
+    write_checkpoint,
 )
 from orchestrator.runs import RunFolder
 from orchestrator.sampler import NoiseSource, sample
@@ -107,11 +107,15 @@ class Checkpointer:
         self.out = config.output.out
         self.seconds = 0.0
 
-    def write(self, checkpoint) -> None:
+    def timed(self, take: Callable[[], int]) -> float:
+        """Run `take`, which makes a checkpoint and returns the frames it covers; count the time it paused the
+        run and record the progress in the status file. Returns the seconds spent."""
         started = time.perf_counter()
-        self.store.write(checkpoint)
-        self.seconds += time.perf_counter() - started
-        self.run.set_status("running", checkpoint.frames_written, self.plan.size.frames, self.out)
+        frames = take()
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        self.run.set_status("running", frames, self.plan.size.frames, self.out)
+        return seconds
 
 
 def run_local(config: Config, plan: VideoPlan, backend: Backend, start: StartState, checkpointer: Checkpointer,
@@ -125,10 +129,8 @@ def run_local(config: Config, plan: VideoPlan, backend: Backend, start: StartSta
 
     def on_boundary(tick, window) -> None:
         if checkpointer.policy.due():
-            started = time.perf_counter()
-            state = sink.checkpoint()
-            checkpointer.seconds += time.perf_counter() - started
-            checkpointer.write(make_checkpoint(tick.index + 1, window, state, checkpointer.meta))
+            checkpointer.timed(lambda: write_checkpoint(sink, checkpointer.store, tick.index + 1, window,
+                                                        checkpointer.meta))
 
     try:
         chunks = sample(backend.velocity, g, plan.num_chunks, noise, lambda c: encodings.get(plan.prompts.of(c)),
@@ -150,6 +152,12 @@ def initial_state(config: Config, plan: VideoPlan, store, latent_shape) -> Start
     return fresh_start(initial_chunks(config.init_latents, latent_shape, plan.geometry.chunk))
 
 
+def begin(run: RunFolder, config: Config, plan: VideoPlan, latent_shape) -> tuple[StartState, Checkpointer]:
+    """Where the run starts (its newest valid checkpoint, or the beginning) and its checkpointer."""
+    start = initial_state(config, plan, run.checkpoints(config), latent_shape)
+    return start, Checkpointer(run, config, plan, start.init_count)
+
+
 def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
     """Run (or continue) a run to completion, keeping its status file true."""
     plan = plan_video(config, frame_count(config.model))
@@ -159,8 +167,7 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
     try:
         if config.pipeline.stages == 0:
             backend = build_backend(config.model)
-            start = initial_state(config, plan, run.checkpoints(config), backend.latent_shape)
-            checkpointer = Checkpointer(run, config, plan, start.init_count)
+            start, checkpointer = begin(run, config, plan, backend.latent_shape)
             with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
                 out = run_local(config, plan, backend, start, checkpointer, lambda n: bar.update(n - bar.n))
             restarts = 0

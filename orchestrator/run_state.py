@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from orchestrator.checkpoint import Checkpoint
+from orchestrator.checkpoint import Checkpoint, CheckpointStore
 from orchestrator.config import CheckpointConfig, Config, identity_hash, to_yaml, video_identity
 from orchestrator.errors import UserError
-from orchestrator.video_sink import SinkState
+from orchestrator.video_sink import SinkState, VideoSink
 
 
 @dataclass
@@ -41,6 +41,15 @@ def make_checkpoint(next_tick: int, window: dict[int, torch.Tensor], sink: SinkS
     tensors |= {f"decoder/{name}": x for name, x in sink.decoder.items()}
     meta = {**meta, "latent_frames": sink.latent_frames, "next_chunk": sink.next_chunk}
     return Checkpoint(next_tick, sink.frames, meta, tensors)
+
+
+def write_checkpoint(video: VideoSink, store: CheckpointStore, next_tick: int, window: dict[int, torch.Tensor],
+                     meta: dict) -> int:
+    """Close the sink's open segments, then write the window and the sink's state as one checkpoint;
+    returns the frames it covers."""
+    state = video.checkpoint()
+    store.write(make_checkpoint(next_tick, window, state, meta))
+    return state.frames
 
 
 def differing_keys(saved: dict, current: dict) -> list[str]:

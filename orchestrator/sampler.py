@@ -74,6 +74,16 @@ def denoise_band(
     return [euler_step(chunks[slot], v[slot], sigmas[slot], target) for slot, target in own]
 
 
+def denoise_view(
+    velocity: VelocityFn, tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource,
+    sigmas: torch.Tensor, cond: Any,
+) -> dict[int, torch.Tensor]:
+    """One band's call in one tick: its own chunks after the Euler step, by chunk id."""
+    updated = denoise_band(velocity, *band_inputs(tick, view, chunks, noise, sigmas), cond)
+    n_context = len(tick.context)
+    return {tick.noisy[i - n_context].chunk: x for i, x in zip(view.own, updated, strict=True)}
+
+
 def sample(
     velocity: VelocityFn,
     geometry: Geometry,
@@ -106,9 +116,7 @@ def sample(
         cond = cond_at(tick.cond_chunk)
         updated = {}
         for view in band_views(tick, partition, geometry.noisy):
-            new = denoise_band(velocity, *band_inputs(tick, view, window, noise, sigmas), cond)
-            for i, x in zip(view.own, new, strict=True):
-                updated[tick.noisy[i - len(tick.context)].chunk] = x
+            updated |= denoise_view(velocity, tick, view, window, noise, sigmas, cond)
         window.update(updated)
         for m in tick.finished:
             yield m, window[m]

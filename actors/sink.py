@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import ray
@@ -17,43 +18,66 @@ from orchestrator.video_sink import SinkState, VideoSink, VideoSize
 
 @ray.remote(concurrency_groups={"subscribers": 8})
 class Sink:
-    """Writes run in submission order (default group, one at a time); subscribers poll concurrently."""
+    """One VideoSink per stream. Writes run in submission order (default group, one at a time); subscribers
+    poll concurrently."""
+
+    KEEP_FINISHED = 16  # finished streams whose recent frames subscribers may still read
 
     def __init__(self):
-        self.video: VideoSink | None = None
+        self.videos: dict[str, VideoSink] = {}
+        self.finished: OrderedDict[str, VideoSink] = OrderedDict()
         self.codec_key = None
 
-    def open(self, config: Config, size: VideoSize, prompts: ChunkPrompts, workdir: str,
+    def open(self, stream: str, config: Config, size: VideoSize, prompts: ChunkPrompts, workdir: str,
              resume: SinkState | None) -> None:
-        """Start (or resume) a video writing segments into `workdir`; the codec is built once per model."""
+        """Start (or resume) a stream writing segments into `workdir`; the codec is built once per model."""
         key = repr(config.model)
         if key != self.codec_key:
             self.codec, self.codec_key = build_codec(config.model), key
-        self.video = VideoSink(config, self.codec, size, prompts, Path(workdir), resume)
+        self.videos[stream] = VideoSink(config, self.codec, size, prompts, Path(workdir), resume)
 
-    def save_checkpoint(self, uri: str, keep: int, next_tick: int, meta: dict,
-                        *published: dict[int, torch.Tensor]) -> int:
-        """Close the open segments, then write one checkpoint of the window (the stages' published chunks)
-        and this sink's state. Runs after every write submitted before it; returns the frames it covers."""
-        window = {m: x for chunks in published for m, x in chunks.items()}
-        return write_checkpoint(self.video, CheckpointStore(uri, keep), next_tick, window, meta)
+    def save_checkpoint(self, stream: str, uri: str, keep: int, next_tick: int, meta: dict,
+                        *published: dict[str, dict[int, torch.Tensor]]) -> int:
+        """Close the stream's open segments, then write one checkpoint of its window (the stages' published
+        chunks) and its sink state. Runs after every write submitted before it; returns the frames it covers."""
+        window = {m: x for chunks in published for m, x in chunks.get(stream, {}).items()}
+        return write_checkpoint(self.videos[stream], CheckpointStore(uri, keep), next_tick, window, meta)
 
-    def write(self, *emitted: list[tuple[int, torch.Tensor]]) -> int:
-        """Chunks emitted by one tick, from one or more stages; returns frames written so far."""
-        for m, latents in sorted((pair for batch in emitted for pair in batch), key=lambda pair: pair[0]):
-            self.video.write(m, latents)
-        return self.video.frames_written
+    def write(self, *emitted: dict[str, list[tuple[int, torch.Tensor]]]) -> dict[str, int]:
+        """Chunks emitted by one tick, from one or more stages, per stream; returns frames written so far per
+        stream that received chunks."""
+        written = {}
+        for stream in {s for batch in emitted for s, pairs in batch.items() if pairs}:
+            video = self.videos[stream]
+            for m, latents in sorted((pair for batch in emitted for pair in batch.get(stream, ())),
+                                     key=lambda pair: pair[0]):
+                video.write(m, latents)
+            written[stream] = video.frames_written
+        return written
 
-    def finish(self) -> str:
-        return str(self.video.finish())
+    def finish(self, stream: str) -> str:
+        video = self.videos.pop(stream)
+        out = str(video.finish())
+        self._retire(stream, video)
+        return out
 
-    def abort(self) -> None:
-        if self.video is not None:
-            self.video.abort()
+    def _retire(self, stream: str, video: VideoSink) -> None:
+        self.finished[stream] = video
+        while len(self.finished) > self.KEEP_FINISHED:
+            self.finished.popitem(last=False)
+
+    def abort(self, stream: str) -> None:
+        video = self.videos.pop(stream, None)
+        if video is not None:
+            video.abort()
+            self._retire(stream, video)
 
     @ray.method(concurrency_group="subscribers")
-    def frames_since(self, index: int, timeout: float = 1.0):
-        """Frames with index >= `index` as (index, uint8 [H, W, 3]) pairs, and whether the video is done."""
-        if self.video is None:
-            return [], False
-        return self.video.frames_since(index, timeout)
+    def frames_since(self, stream: str, index: int, timeout: float = 1.0):
+        """Frames of a stream with index >= `index` as (index, uint8 [H, W, 3]) pairs, and whether the video
+        is done (finished or aborted). A stream the sink does not know (not started yet, or long gone) gives
+        ([], None)."""
+        video = self.videos.get(stream) or self.finished.get(stream)
+        if video is None:
+            return [], None
+        return video.frames_since(index, timeout)

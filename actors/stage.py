@@ -13,7 +13,7 @@ from actors.backends.factory import build_backend
 from orchestrator.config import ModelConfig
 from orchestrator.errors import UserError
 from orchestrator.partition import BandView
-from orchestrator.sampler import NoiseSource, denoise_view
+from orchestrator.sampler import NoiseSource, denoise_views
 from orchestrator.schedule import Geometry, Tick, level_sigmas
 
 
@@ -28,6 +28,7 @@ class StageTick:
     needs: frozenset[int]  # chunks this tick reads or keeps: its view's slice and `keep`
     emit: tuple[int, ...]  # chunks that finish in this stage's band this tick
     prompt: str
+    final: bool = False  # the stream's last tick: the stage forgets it afterwards
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,25 @@ class TickStats:
     started: float  # wall clock, seconds
     finished: float
     received_bytes: int  # chunk bytes taken over from other stages (handoff and halo)
+    streams: int = 1  # streams in this stage's model call (0 if it made none)
+
+
+@dataclass
+class StreamWindow:
+    """A stage's part of one stream (video): its noise and the chunks of its band it holds."""
+
+    noise: NoiseSource
+    store: dict[int, torch.Tensor]
+
+
+Published = dict[str, dict[int, torch.Tensor]]  # stream -> chunk -> [Ch, C, h, w], what neighbours may read
 
 
 class Stage:
-    """Plain class; the controller wraps it with ray.remote. Chunks are [Ch, C, h, w] float32 tensors."""
+    """Plain class; the controller wraps it with ray.remote. Chunks are [Ch, C, h, w] float32 tensors.
+
+    A stage carries several streams at once; every tick, the calls of all its streams whose band slices have
+    the same shape are one batched model call."""
 
     def __init__(self, index: int, model: ModelConfig, threads: int):
         self.index = index
@@ -53,7 +69,7 @@ class Stage:
             self.error = str(err)
             return
         self.encodings = PromptEncodings(self.backend)
-        self.store: dict[int, torch.Tensor] = {}
+        self.streams: dict[str, StreamWindow] = {}
 
     def ready(self) -> tuple[int, int, int]:
         """The latent frame shape, or the model-building error as a UserError."""
@@ -61,40 +77,57 @@ class Stage:
             raise UserError(self.error)
         return self.backend.latent_shape
 
-    def start(self, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Begin (or resume) a video holding `chunks`, its band's share of the window; returns them published."""
+    def start(self, stream: str, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> Published:
+        """Begin (or resume) a stream holding `chunks`, its band's share of the window; returns them published."""
         shape = (self.backend.latent_shape[0], geometry.chunk, *self.backend.latent_shape[1:])
-        self.noise = NoiseSource(seed, shape)
-        self.sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]
-        self.store = dict(chunks)
-        return dict(self.store)
+        self.sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]; one geometry per pipeline
+        self.streams[stream] = StreamWindow(NoiseSource(seed, shape), dict(chunks))
+        return {stream: dict(chunks)}
+
+    def drop(self, stream: str) -> None:
+        """Forget a stream that left early (cancelled or failed)."""
+        self.streams.pop(stream, None)
 
     def pid(self) -> int:
         return os.getpid()
 
     def tick(
-        self, plan: StageTick, *peers: dict[int, torch.Tensor]
-    ) -> tuple[dict[int, torch.Tensor], list[tuple[int, torch.Tensor]], TickStats]:
-        """Take what the band needs from the peers' published chunks, make one model call, keep `plan.keep`.
+        self, plans: dict[str, StageTick], *peers: Published
+    ) -> tuple[Published, dict[str, list[tuple[int, torch.Tensor]]], TickStats]:
+        """For every stream in `plans`: take what the band needs from the peers' published chunks, draw its
+        entering noise; then the model calls (batched across streams); keep `plan.keep`.
 
-        Returns (published chunks, emitted (index, chunk) pairs, stats).
+        Returns (published chunks, emitted (index, chunk) pairs per stream, stats).
         """
         started = time.time()
-        tick, view = plan.tick, plan.view
         received = 0
-        for peer in peers:
-            for m in plan.needs.difference(self.store).intersection(peer):
-                self.store[m] = peer[m]
-                received += peer[m].numel() * peer[m].element_size()
-        for m in plan.draw:
-            self.store[m] = self.noise.chunk(m)
+        for stream, plan in plans.items():
+            window = self.streams[stream]
+            for peer in peers:
+                chunks = peer.get(stream, {})
+                for m in plan.needs.difference(window.store).intersection(chunks):
+                    window.store[m] = chunks[m]
+                    received += chunks[m].numel() * chunks[m].element_size()
+            for m in plan.draw:
+                window.store[m] = window.noise.chunk(m)
+        calling = [stream for stream, plan in plans.items() if plan.view is not None]
         call_seconds = 0.0
-        if view is not None:
+        if calling:
             call_started = time.perf_counter()
-            self.store |= denoise_view(self.backend.velocity, tick, view, self.store, self.noise, self.sigmas,
-                                       self.encodings.get(plan.prompt))
+            bands = [(plans[s].tick, plans[s].view, self.streams[s].store, self.streams[s].noise,
+                      self.encodings.get(plans[s].prompt)) for s in calling]
+            updated = denoise_views(self.backend.velocity, self.backend.join_conds, self.sigmas, bands)
+            for stream, chunks in zip(calling, updated, strict=True):
+                self.streams[stream].store |= chunks
             call_seconds = time.perf_counter() - call_started
-        emitted = [(m, self.store[m]) for m in plan.emit]
-        self.store = {m: x for m, x in self.store.items() if m in plan.keep}
-        stats = TickStats(self.index, tick.index, call_seconds, started, time.time(), received)
-        return dict(self.store), emitted, stats
+        published, emitted = {}, {}
+        for stream, plan in plans.items():
+            window = self.streams[stream]
+            emitted[stream] = [(m, window.store[m]) for m in plan.emit]
+            window.store = {m: x for m, x in window.store.items() if m in plan.keep}
+            published[stream] = dict(window.store)
+            if plan.final:
+                del self.streams[stream]
+        stats = TickStats(self.index, min(p.tick.index for p in plans.values()), call_seconds, started, time.time(),
+                          received, len(calling))
+        return published, emitted, stats

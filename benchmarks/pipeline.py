@@ -52,7 +52,7 @@ def time_reference(config: Config, backend) -> float:
 def run_once(pipeline: Pipeline, config: Config, metrics: PipelineMetrics) -> None:
     """One video on already-built stages, in a new run folder (checkpoints as configured)."""
     config.run.id, config.run.root = "", tempfile.mkdtemp(prefix="pavdm-bench-runs-")
-    run_video(pipeline, config, plan_video(config, frame_count(config.model)), RunFolder.create(config), metrics)
+    run_video(pipeline, config, RunFolder.create(config), metrics)
 
 
 def time_pipeline(pipeline: Pipeline, config: Config) -> float:

@@ -162,7 +162,6 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
     """Run (or continue) a run to completion, keeping its status file true."""
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
-    checkpointer = None
     run.set_status("running", None, plan.size.frames, config.output.out)
     try:
         if config.pipeline.stages == 0:
@@ -170,11 +169,12 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
             start, checkpointer = begin(run, config, plan, backend.latent_shape)
             with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
                 out = run_local(config, plan, backend, start, checkpointer, lambda n: bar.update(n - bar.n))
-            restarts = 0
+            restarts, checkpoint_seconds = 0, checkpointer.seconds
         else:
             from orchestrator.controller import run_pipeline
 
-            out, checkpointer, restarts = run_pipeline(config, plan, run, progress)
+            job, restarts = run_pipeline(config, run, progress)
+            out, checkpoint_seconds = job.out, job.checkpoint_seconds
     except KeyboardInterrupt:
         run.set_status("interrupted", None, plan.size.frames, config.output.out, "interrupted")
         raise
@@ -182,8 +182,8 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
         run.set_status("failed", None, plan.size.frames, config.output.out, " ".join(str(err).split())[:500])
         raise
     run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
-    seconds = checkpointer.seconds if checkpointer else 0.0
-    return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, seconds, restarts)
+    return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,
+                            restarts)
 
 
 def generate(config: Config, progress: bool = True) -> GenerationResult:

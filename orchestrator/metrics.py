@@ -30,6 +30,8 @@ class PipelineMetrics:
                          registry=reg)
         self.eta = Gauge("pavdm_eta_seconds", "Estimated seconds until the video is complete", run, registry=reg)
         self.streams = Gauge("pavdm_active_streams", "Videos currently in the pipeline", run, registry=reg)
+        self.batch_streams = Histogram("pavdm_batch_streams", "Streams in the largest stage call of a tick", run,
+                                       buckets=(1, 2, 4, 8, 16, 32, 64), registry=reg)
         self.restarts = Counter("pavdm_stage_restarts", "Stage actors rebuilt after a failure", run, registry=reg)
         self.checkpoint_seconds = Histogram("pavdm_checkpoint_seconds", "Time to write one checkpoint", run,
                                             buckets=TICK_BUCKETS, registry=reg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -63,25 +64,60 @@ def band_inputs(
     return tensors, levels, own
 
 
-def denoise_band(
-    velocity: VelocityFn, chunks: list[torch.Tensor], sigmas: list[float], own: list[tuple[int, float]], cond: Any
-) -> list[torch.Tensor]:
-    """One model call on a band's slice (each chunk [Ch, C, h, w]); Euler-updates only the band's own chunks."""
-    frames = chunks[0].shape[1]
-    x = torch.cat(chunks, dim=1)[None]  # [1, Ch, F, h, w]
-    sig = torch.tensor(sigmas, dtype=torch.float32).repeat_interleave(frames)[None]  # [1, F]
-    v = velocity(x, sig, cond)[0].split(frames, dim=1)  # F/C x [Ch, C, h, w]
-    return [euler_step(chunks[slot], v[slot], sigmas[slot], target) for slot, target in own]
+@dataclass(frozen=True)
+class BandCall:
+    """One band's share of a model call: its slice (oldest first), their sigmas, and the chunks it updates."""
+
+    chunks: list[torch.Tensor]  # each [Ch, C, h, w]
+    sigmas: list[float]
+    own: list[tuple[int, float]]  # (slot in the slice, target sigma)
+    cond: Any
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.chunks), *self.chunks[0].shape)
 
 
-def denoise_view(
-    velocity: VelocityFn, tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource,
-    sigmas: torch.Tensor, cond: Any,
-) -> dict[int, torch.Tensor]:
-    """One band's call in one tick: its own chunks after the Euler step, by chunk id."""
-    updated = denoise_band(velocity, *band_inputs(tick, view, chunks, noise, sigmas), cond)
-    n_context = len(tick.context)
-    return {tick.noisy[i - n_context].chunk: x for i, x in zip(view.own, updated, strict=True)}
+def denoise_batch(velocity: VelocityFn, calls: list[BandCall], join_conds: Callable[[list], Any]) -> list[list]:
+    """One model call over several band slices of one shape (streams batched along B); Euler-updates only
+    each slice's own chunks. Returns, per call, its updated chunks in the order of `own`."""
+    frames = calls[0].chunks[0].shape[1]
+    x = torch.stack([torch.cat(call.chunks, dim=1) for call in calls])  # [B, Ch, F, h, w]
+    sig = torch.tensor([call.sigmas for call in calls], dtype=torch.float32).repeat_interleave(frames, dim=1)  # [B, F]
+    v = velocity(x, sig, join_conds([call.cond for call in calls]))  # [B, Ch, F, h, w]
+    updated = []
+    for call, v_call in zip(calls, v, strict=True):
+        slots = v_call.split(frames, dim=1)  # F/C x [Ch, C, h, w]
+        updated.append([euler_step(call.chunks[slot], slots[slot], call.sigmas[slot], to) for slot, to in call.own])
+    return updated
+
+
+def denoise_views(
+    velocity: VelocityFn, join_conds: Callable[[list], Any], sigmas: torch.Tensor,
+    bands: list[tuple[Tick, BandView, Mapping[int, torch.Tensor], NoiseSource, Any]],
+) -> list[dict[int, torch.Tensor]]:
+    """Every band's call of one tick, one per (tick, view, chunks, noise, cond) entry; bands whose slices
+    have the same shape share one batched model call. Returns each band's own chunks after the step."""
+    calls = [BandCall(*band_inputs(tick, view, chunks, noise, sigmas), cond)
+             for tick, view, chunks, noise, cond in bands]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault(call.shape, []).append(i)
+    updated: list[list] = [[] for _ in calls]
+    for members in groups.values():
+        for i, chunks in zip(members, denoise_batch(velocity, [calls[i] for i in members], join_conds), strict=True):
+            updated[i] = chunks
+    results = []
+    for (tick, view, *_), chunks in zip(bands, updated, strict=True):
+        n_context = len(tick.context)
+        results.append({tick.noisy[i - n_context].chunk: x for i, x in zip(view.own, chunks, strict=True)})
+    return results
+
+
+def single_cond(conds: list) -> Any:
+    """join_conds for one stream: its conditioning as is."""
+    (cond,) = conds
+    return cond
 
 
 def sample(
@@ -115,8 +151,8 @@ def sample(
             window[m] = noise.chunk(m)
         cond = cond_at(tick.cond_chunk)
         updated = {}
-        for view in band_views(tick, partition, geometry.noisy):
-            updated |= denoise_view(velocity, tick, view, window, noise, sigmas, cond)
+        for view in band_views(tick, partition, geometry.noisy):  # every band reads the window as it was
+            updated |= denoise_views(velocity, single_cond, sigmas, [(tick, view, window, noise, cond)])[0]
         window.update(updated)
         for m in tick.finished:
             yield m, window[m]

@@ -82,6 +82,7 @@ def test_prometheus_reads_back_frames_written(tmp_path, prometheus):
         config.model = ModelConfig(channels=3, height=16, width=16)
         config.pipeline.stages, config.pipeline.num_cpus, config.pipeline.threads = 2, 0.5, 1
         config.output.out = str(tmp_path / "v.mp4")
+        config.run.id = "prom-test"  # the stream's series carry its run id, the pipeline's the metrics' id
         plan = plan_video(config, frame_count(config.model))
         pipeline = Pipeline(config)
         metrics = PipelineMetrics("prom-test", 2)
@@ -102,7 +103,7 @@ def test_prometheus_reads_back_frames_written(tmp_path, prometheus):
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            run_video(pipeline, config, plan, RunFolder.create(config), metrics)
+            run_video(pipeline, config, RunFolder.create(config), metrics)
         finally:
             done.set()
             watcher.join()

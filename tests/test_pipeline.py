@@ -54,10 +54,8 @@ def reference_latents(config: Config, partition: Partition) -> torch.Tensor:
 
 
 def run_on(pipeline: Pipeline, config: Config) -> torch.Tensor:
-
-    plan = plan_video(config, frame_count(config.model))
     metrics = PipelineMetrics("test", config.pipeline.stages)
-    run_video(pipeline, config, plan, RunFolder.create(config), metrics)
+    run_video(pipeline, config, RunFolder.create(config), metrics)
     return read_latents(config.output.latents_out)
 
 
@@ -108,7 +106,7 @@ def test_subscriber_gets_frames_in_order_before_the_end(ray_cluster, tmp_path):
     def subscribe():
         index, done = 0, False
         while not done:
-            frames, done = ray.get(pipeline.sink.frames_since.remote(index, 0.5))
+            frames, done = ray.get(pipeline.sink.frames_since.remote(run.run_id, index, 0.5))
             for i, frame in frames:
                 if not first_at:
                     first_at.append(time.time())
@@ -117,12 +115,12 @@ def test_subscriber_gets_frames_in_order_before_the_end(ray_cluster, tmp_path):
             index = received[-1] + 1 if received else 0
 
     try:
-        plan = plan_video(config, frame_count(config.model))
+        run = RunFolder.create(config)
         reader = threading.Thread(target=subscribe)
         reader.start()
         time.sleep(0.2)
 
-        run_video(pipeline, config, plan, RunFolder.create(config), PipelineMetrics("s", 2))
+        run_video(pipeline, config, run, PipelineMetrics("s", 2))
         ended_at.append(time.time())
         reader.join(timeout=30)
     finally:

@@ -48,6 +48,9 @@ class Backend(Protocol):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         """The model's velocity estimate, same shape as x."""
 
+    def join_conds(self, conds: list[Any]) -> Any:
+        """The conditioning of a batch whose rows are conditioned by `conds` (one per row, in order)."""
+
 
 class PromptEncodings:
     """Each prompt encoded once by a backend, then reused for every call it conditions."""

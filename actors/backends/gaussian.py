@@ -54,6 +54,9 @@ class GaussianProcessBackend:
     def encode_prompt(self, text: str) -> None:
         return None
 
+    def join_conds(self, conds: list[None]) -> None:
+        return None
+
     def sample_clip(self, frames: int, generator: torch.Generator) -> torch.Tensor:
         """A draw from the process itself: [Ch, F, H, W] float32 (for tests and initial clips)."""
         ch, h, w = self.latent_shape

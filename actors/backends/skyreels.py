@@ -89,6 +89,12 @@ class SkyReelsBackend:
         negative = self.text.encode(self.negative_prompt).to(self.dtype) if self.guidance != 1 else None
         return TextCond(positive, negative)
 
+    def join_conds(self, conds: list[TextCond]) -> TextCond:
+        """One TextCond for a batch of streams: embeddings stacked along B (all padded to the same length)."""
+        negatives = [c.negative for c in conds]
+        return TextCond(torch.cat([c.positive for c in conds]),  # [B, L, D]
+                        None if negatives[0] is None else torch.cat(negatives))
+
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond) -> torch.Tensor:
         """x [B, Ch, F, h, w], sigma [B, F] -> v [B, Ch, F, h, w]; cond holds B streams' embeddings."""

@@ -1,0 +1,342 @@
+"""Continuous batching on the assembly line: many videos (streams) share the stages, joining and leaving at
+shift boundaries, each with its own prompt, seed, length, run folder and checkpoints."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from actors.backends.factory import frame_count
+from actors.stage import StageTick, TickStats
+from orchestrator.config import Config, engine_identity
+from orchestrator.errors import UserError
+from orchestrator.generate import Checkpointer, VideoPlan, begin, plan_video
+from orchestrator.metrics import PipelineMetrics
+from orchestrator.planner import TickPlanner
+from orchestrator.ray_errors import remote_cause, stage_died, unwrap_get
+from orchestrator.runs import RunFolder
+from orchestrator.schedule import Tick, ticks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class StreamJob:
+    """One video for the pipeline: its config (prompts, seed, seconds, outputs) and run folder, with hooks
+    that report on it. The engine keeps the run's status file current."""
+
+    config: Config
+    run: RunFolder
+    on_frames: Callable[[int], None] = lambda frames: None  # frames written so far
+    on_end: Callable[[StreamJob], None] = lambda job: None  # completed, failed or cancelled
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    out: Path | None = None
+    error: BaseException | None = None
+    frames_total: int = 0
+    checkpoint_seconds: float = 0.0
+    admitted: bool = False  # on the stages (or ended there)
+    written: int = 0  # frames written so far
+
+    @property
+    def id(self) -> str:
+        return self.run.run_id
+
+
+class JobQueue:
+    """Jobs waiting for the pipeline, first in first out; close() means no more will come."""
+
+    def __init__(self, jobs: Iterator[StreamJob] = (), closed: bool = False):
+        self.waiting: collections.deque[StreamJob] = collections.deque(jobs)
+        self.changed = threading.Condition()
+        self.closed = closed
+
+    def put(self, job: StreamJob) -> None:
+        with self.changed:
+            self.waiting.append(job)
+            self.changed.notify_all()
+
+    def requeue(self, jobs: list[StreamJob]) -> None:
+        """Jobs interrupted by a pipeline failure go first, to continue from their checkpoints."""
+        with self.changed:
+            self.waiting.extendleft(reversed(jobs))
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def take(self, count: int, wait: float) -> list[StreamJob]:
+        """Up to `count` jobs, waiting up to `wait` seconds for the first; cancelled ones are dropped."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.waiting or self.closed, wait)
+            taken = []
+            while self.waiting and len(taken) < count:
+                job = self.waiting.popleft()
+                if job.cancelled.is_set():
+                    job.run.set_status("failed", None, job.frames_total, "", "cancelled")
+                    job.on_end(job)
+                else:
+                    taken.append(job)
+            return taken
+
+    @property
+    def finished(self) -> bool:
+        with self.changed:
+            return self.closed and not self.waiting
+
+
+@dataclass(eq=False)
+class ActiveStream:
+    """A job on the stages: its tick schedule (the next tick prefetched), bookkeeping and refs."""
+
+    job: StreamJob
+    plan: VideoPlan
+    planner: TickPlanner
+    schedule: Iterator[Tick]
+    checkpointer: Checkpointer
+    start_refs: list | None  # each stage's published share at the start, read by the first tick only
+    upcoming: Tick | None = None
+    written: int = 0
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        self.upcoming = next(self.schedule, None)
+
+    def advance(self) -> Tick:
+        tick, self.upcoming = self.upcoming, next(self.schedule, None)
+        return tick
+
+
+class Engine:
+    """Runs jobs from a queue on one Pipeline until the queue is closed and empty.
+
+    Every tick, each stage gets one call carrying all active streams; new streams join only when every
+    active stream has just finished a shift (or block), and a stream leaves after its last tick."""
+
+    def __init__(self, pipeline, config: Config, metrics: PipelineMetrics, bar: tqdm | None = None):
+        self.pipeline, self.config, self.metrics = pipeline, config, metrics
+        self.max_streams = config.pipeline.max_streams
+        self.identity = engine_identity(config)
+        self.frames_of = frame_count(config.model)
+        self.active: dict[str, ActiveStream] = {}
+        self.clock = TickClock(metrics, pipeline.stages_count, config.pipeline.lookahead, self.written, bar)
+        self.states: list = [None] * pipeline.stages_count  # each stage's published refs from the last tick
+
+    # --- joining and leaving -------------------------------------------------------------------------------
+
+    def admit(self, job: StreamJob) -> None:
+        """Open the job's video in the sink and its window in the stages; a job that cannot start fails alone."""
+        config = job.config
+        try:
+            if engine_identity(config) != self.identity:
+                raise UserError("a job's model, schedule or pipeline settings differ from the pipeline's")
+            plan = plan_video(config, self.frames_of)
+            job.frames_total = plan.size.frames
+            start, checkpointer = begin(job.run, config, plan, self.pipeline.latent_shape)
+            unwrap_get(self.pipeline.sink.open.remote(job.id, config, plan.size, plan.prompts, str(job.run.segments),
+                                                      start.sink if start.resumed else None))
+        except UserError as err:
+            self.end(job, error=err)
+            return
+        g = plan.geometry
+        planner = TickPlanner(plan.partition, g.noisy, g.context)
+        last_stage = self.pipeline.stages_count - 1
+        planner.holder = {m: last_stage for m in range(-start.init_count, 0)}
+        schedule = ticks(g, plan.num_chunks, start.init_count)
+        for tick in schedule:  # replay the bookkeeping (no model calls) up to where the run stands
+            if tick.index == start.next_tick:
+                schedule = itertools.chain([tick], schedule)
+                break
+            planner.plan(tick, "")
+        shares = [{m: x for m, x in start.window.items() if planner.holder[m] == j}
+                  for j in range(len(self.pipeline.stages))]
+        start_refs = [stage.start.remote(job.id, config.seed, g, share)
+                      for stage, share in zip(self.pipeline.stages, shares, strict=True)]
+        job.run.set_status("running", start.sink.frames, plan.size.frames, config.output.out)
+        job.admitted = True
+        stream = ActiveStream(job, plan, planner, schedule, checkpointer, start_refs, written=start.sink.frames)
+        self.active[job.id] = stream
+        self.metrics.streams.labels(self.metrics.run_id).set(len(self.active))
+        job.written = stream.written
+        job.on_frames(stream.written)
+
+    def end(self, job: StreamJob, out: Path | None = None, error: BaseException | None = None) -> None:
+        """Record how a job ended in its run folder and tell whoever waits for it."""
+        self.active.pop(job.id, None)
+        self.metrics.streams.labels(self.metrics.run_id).set(len(self.active))
+        job.out, job.error = out, error
+        if out is not None:
+            job.run.set_status("completed", job.frames_total, job.frames_total, str(out))
+        else:
+            reason = "cancelled" if job.cancelled.is_set() else " ".join(str(error).split())[:500]
+            job.run.set_status("failed", None, job.frames_total, job.config.output.out, reason)
+        job.on_end(job)
+
+    def drop(self, stream: ActiveStream, error: BaseException | None = None) -> None:
+        """Take a stream off the stages and the sink before its end (cancelled, or failed alone)."""
+        self.clock.drain()
+        for stage in self.pipeline.stages:
+            stage.drop.remote(stream.job.id)
+        with contextlib.suppress(Exception):
+            ray.get(self.pipeline.sink.abort.remote(stream.job.id), timeout=30)
+        self.end(stream.job, error=error or UserError("cancelled"))
+
+    def interrupted(self) -> list[StreamJob]:
+        """The jobs on the stages when the pipeline failed; their open segments are dropped."""
+        jobs = [stream.job for stream in self.active.values()]
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                ray.get(self.pipeline.sink.abort.remote(job.id), timeout=5)
+        self.active.clear()
+        return jobs
+
+    # --- the tick loop -------------------------------------------------------------------------------------
+
+    def run(self, queue: JobQueue) -> None:
+        """Until the queue is closed and empty. On a dead stage or sink the active jobs go back to the queue
+        (to continue from their checkpoints) and the error is raised; any other error ends them as failed."""
+        at_boundary = True
+        try:
+            while self.active or not queue.finished:
+                if at_boundary and len(self.active) < self.max_streams:
+                    for job in queue.take(self.max_streams - len(self.active), wait=0 if self.active else 0.5):
+                        self.admit(job)
+                for stream in [s for s in self.active.values() if s.job.cancelled.is_set()]:
+                    self.drop(stream)
+                if self.active:
+                    at_boundary = self.tick()
+            self.clock.drain()
+        except BaseException as err:
+            jobs = self.interrupted()
+            if stage_died(err):  # they continue from their checkpoints on a rebuilt pipeline
+                queue.requeue(jobs)
+            else:
+                for job in jobs:
+                    self.end(job, error=remote_cause(err) if isinstance(err, Exception) else err)
+            raise
+
+    def tick(self) -> bool:
+        """One tick of every active stream; returns whether all of them just ended a shift (or block)."""
+        streams = list(self.active.values())
+        per_stage: list[dict[str, StageTick]] = [{} for _ in self.pipeline.stages]
+        peers: list[dict] = [{} for _ in self.pipeline.stages]  # ref -> None, an ordered set per stage
+        ticks_now = {}
+        for stream in streams:
+            tick = stream.advance()
+            final = stream.upcoming is None
+            ticks_now[stream.job.id] = tick
+            refs = stream.start_refs or self.states
+            plans = stream.planner.plan(tick, stream.plan.prompts.of(tick.cond_chunk))
+            for j, (stage_tick, sources) in enumerate(plans):
+                per_stage[j][stream.job.id] = dataclasses.replace(stage_tick, final=final)
+                for k in sorted(sources):
+                    peers[j][refs[k]] = None
+            stream.start_refs = None
+        outputs = [
+            stage.tick.options(num_returns=3).remote(plans, *peers[j])
+            for j, (stage, plans) in enumerate(zip(self.pipeline.stages, per_stage, strict=True))
+        ]
+        self.states = [published for published, _, _ in outputs]
+        emitting = [out[1] for out, plans in zip(outputs, per_stage, strict=True)
+                    if any(p.emit for p in plans.values())]
+        written = self.pipeline.sink.write.remote(*emitting) if emitting else None
+        self.clock.submitted([stats for _, _, stats in outputs], written)
+        for stream in streams:
+            tick = ticks_now[stream.job.id]
+            if tick.finished:
+                self.metrics.chunks.labels(stream.job.id).inc(len(tick.finished))
+            if stream.upcoming is None:
+                self.finish(stream)
+            elif tick.boundary and stream.checkpointer.policy.due():
+                self.checkpoint(stream, tick)
+        return all(t.boundary for t in ticks_now.values())
+
+    def checkpoint(self, stream: ActiveStream, tick: Tick) -> None:
+        checkpointer, published = stream.checkpointer, self.states
+
+        def take() -> int:
+            self.clock.drain()  # the pipeline pauses while the checkpoint is taken
+            return unwrap_get(self.pipeline.sink.save_checkpoint.remote(
+                stream.job.id, checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta,
+                *published))
+
+        seconds = checkpointer.timed(take)
+        stream.job.checkpoint_seconds = checkpointer.seconds
+        self.metrics.checkpoint_seconds.labels(stream.job.id).observe(seconds)
+
+    def finish(self, stream: ActiveStream) -> None:
+        self.clock.drain()
+        out = Path(unwrap_get(self.pipeline.sink.finish.remote(stream.job.id)))
+        self.end(stream.job, out=out)
+
+    def written(self, frames: dict[str, int]) -> None:
+        """Frames written so far per stream, as the sink reports them after a tick."""
+        for stream_id, count in frames.items():
+            stream = self.active.get(stream_id)
+            if stream is None:
+                continue
+            self.metrics.frames.labels(stream_id).inc(count - stream.written)
+            stream.written = count
+            elapsed = max(time.time() - stream.started, 1e-9)
+            rate = count / elapsed
+            self.metrics.fps.labels(stream_id).set(rate)
+            self.metrics.eta.labels(stream_id).set((stream.plan.size.frames - count) / rate if rate else float("nan"))
+            stream.job.written = count
+            stream.job.on_frames(count)
+
+
+class TickClock:
+    """Keeps at most `lookahead` ticks in flight and turns finished ticks into metrics and frame counts."""
+
+    def __init__(self, metrics: PipelineMetrics, stages: int, lookahead: int,
+                 on_written: Callable[[dict[str, int]], None], bar: tqdm | None = None):
+        self.metrics, self.lookahead, self.on_written, self.bar = metrics, lookahead, on_written, bar
+        self.pending: collections.deque = collections.deque()
+        self.started = time.time()
+        self.busy = [0.0] * stages
+        self.last_end: float | None = None
+
+    def submitted(self, stats_refs: list, written_ref) -> None:
+        self.pending.append((stats_refs, written_ref))
+        while len(self.pending) > self.lookahead:
+            self._complete(*self.pending.popleft())
+
+    def drain(self) -> None:
+        while self.pending:
+            self._complete(*self.pending.popleft())
+
+    def _complete(self, stats_refs: list, written_ref) -> None:
+        stats: list[TickStats] = ray.get(stats_refs)
+        run = self.metrics.run_id
+        begin_at, end = min(s.started for s in stats), max(s.finished for s in stats)
+        self.metrics.ticks.labels(run).inc()
+        self.metrics.tick_seconds.labels(run).observe(end - (self.last_end or begin_at))
+        for s in stats:
+            stage = str(s.stage)
+            self.busy[s.stage] += s.call_seconds
+            self.metrics.call_seconds.labels(run, stage).observe(s.call_seconds)
+            self.metrics.handoff_bytes.labels(run, stage).inc(s.received_bytes)
+            if self.last_end is not None:
+                self.metrics.handoff_seconds.labels(run, stage).observe(max(0.0, s.started - self.last_end))
+        self.metrics.batch_streams.labels(run).observe(max(s.streams for s in stats))
+        self.last_end = end
+        if written_ref is not None:
+            self.on_written(ray.get(written_ref))
+        if self.bar is not None:
+            elapsed = max(time.time() - self.started, 1e-9)
+            self.bar.set_postfix_str("busy " + "/".join(f"{b / elapsed:.0%}" for b in self.busy), refresh=False)

@@ -1,0 +1,76 @@
+"""Continuous batching: several videos share the stages, each identical to the same video made alone."""
+
+import copy
+
+import pytest
+import ray
+import torch
+from test_pipeline import models, reference_latents, small_config
+
+from orchestrator.controller import Pipeline
+from orchestrator.engine import Engine, JobQueue, StreamJob
+from orchestrator.metrics import PipelineMetrics
+from orchestrator.outputs import read_latents
+from orchestrator.partition import Partition
+from orchestrator.runs import RunFolder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def stream_configs(tmp_path, model, stages, halo):
+    """Four videos of different seeds, prompts and lengths (so they join and leave at different ticks)."""
+    base = small_config(tmp_path, model, stages, halo)
+    base.pipeline.max_streams = 3
+    configs = []
+    for i, (seconds, seed) in enumerate([(2.0, 1), (4.0, 2), (1.0, 3), (3.0, 4)]):
+        config = copy.deepcopy(base)
+        config.seconds, config.seed = seconds, seed
+        config.prompts = [f"0:a {['red', 'green', 'blue', 'white'][i]} circle"]
+        config.output.out = str(tmp_path / f"s{i}.mp4")
+        config.output.latents_out = str(tmp_path / f"s{i}.arrow")
+        configs.append(config)
+    return base, configs
+
+
+@pytest.mark.parametrize("backend,stages,halo", [("gaussian", 2, 1), ("skyreels", 2, "all")])
+def test_streams_batched_equal_videos_made_alone(ray_cluster, tmp_path, tiny_pixel_model, backend, stages, halo):
+    base, configs = stream_configs(tmp_path, models(tiny_pixel_model)[backend], stages, halo)
+    metrics = PipelineMetrics("streams", stages)
+    jobs = [StreamJob(config, RunFolder.create(config)) for config in configs]
+    pipeline = Pipeline(base)
+    try:
+        Engine(pipeline, base, metrics).run(JobQueue(jobs, closed=True))
+    finally:
+        pipeline.shutdown()
+    for job, config in zip(jobs, configs, strict=True):
+        assert job.error is None and job.out is not None
+        got = read_latents(config.output.latents_out)
+        want = reference_latents(config, Partition(stages, None if halo == "all" else halo))
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    batch_sizes = metrics.registry.get_sample_value("pavdm_batch_streams_bucket", {"run_id": "streams", "le": "2.0"})
+    calls = metrics.registry.get_sample_value("pavdm_batch_streams_count", {"run_id": "streams"})
+    assert calls > batch_sizes > 0  # some ticks batched 3 streams, some fewer
+    assert RunFolder.find(jobs[0].id, base.run.root).status().state == "completed"
+
+
+def test_cancelled_stream_leaves_the_others_alone(ray_cluster, tmp_path):
+    base, configs = stream_configs(tmp_path, models(None)["gaussian"], 2, 1)
+    jobs = [StreamJob(config, RunFolder.create(config)) for config in configs[:2]]
+    ticks = []
+    jobs[1].on_frames = lambda frames: ticks.append(frames) or (len(ticks) == 2 and jobs[1].cancelled.set())
+    pipeline = Pipeline(base)
+    try:
+        Engine(pipeline, base, PipelineMetrics("c", 2)).run(JobQueue(jobs, closed=True))
+    finally:
+        pipeline.shutdown()
+    assert jobs[0].out is not None and jobs[1].out is None
+    assert "cancelled" in str(jobs[1].error)
+    torch.testing.assert_close(read_latents(configs[0].output.latents_out),
+                               reference_latents(configs[0], Partition(2, 1)), rtol=1e-4, atol=1e-5)
+    assert RunFolder.find(jobs[1].id, base.run.root).status().state == "failed"

@@ -109,6 +109,39 @@ def build_parser() -> Parser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
+    bat = commands.add_parser(
+        "batch",
+        help="one video per row of a prompt list",
+        description="Generate one video per row of a JSONL, CSV or Parquet prompt list, all rows through one "
+                    "pipeline (pipeline.max_streams at once). Columns: prompt (or prompts, a schedule of "
+                    '"SECONDS:TEXT" entries; in CSV separated by |), and optionally id, seconds, seed. Writes '
+                    "<id>.mp4 per row and manifest.parquet to --out; a rerun skips finished rows and continues "
+                    "interrupted ones from their checkpoints. A bad row fails alone and is recorded in the "
+                    "manifest; the exit code is 1 if any row failed.",
+    )
+    bat.add_argument("prompts", metavar="PROMPTS", help="prompt list: a file or a pyarrow.fs URI (s3://, gs://, ...)")
+    bat.add_argument("--out", required=True, metavar="DIR|URI", help="folder or pyarrow.fs URI for the videos")
+    bat.add_argument("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_MODEL})")
+    bat.add_argument("--config", action="append", default=[], metavar="FILE", help="extra YAML config; repeatable")
+    bat.add_argument("--root", default="runs", help="local folder for the rows' runs and checkpoints (default runs)")
+    bat.add_argument("--quiet", action="store_true", help="no progress bar")
+    bat.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seconds=8")
+
+    srv = commands.add_parser(
+        "serve",
+        help="serve the video API (OpenAI-shaped) on Ray Serve",
+        description="Start the Ray Serve application orchestrator.serving.app:app locally (or on RAY_ADDRESS): "
+                    "POST/GET/DELETE /v1/videos, /v1/videos/{id}/content, /v1/videos/{id}/stream (fragmented "
+                    "MP4 while it is made), POST /v1/videos/extensions, /metrics. Set PAVDM_API_KEY to require "
+                    "a bearer token. Videos live in --root and survive restarts.",
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    srv.add_argument("--root", default="runs", help="runs store for the videos (default runs)")
+    srv.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=f"model (default {DEFAULT_MODEL})")
+    srv.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="config overrides, e.g. pipeline.max_streams=4 serve.max_queued=32")
+
     lst = commands.add_parser("runs", help="list runs", description="List runs with their state and progress.")
     lst.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
     return parser
@@ -172,6 +205,24 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_batch(args: argparse.Namespace) -> int:
+    from orchestrator.batch import run_batch as batch
+
+    config = load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL)
+    rows = batch(config, args.prompts, args.out, args.root, progress=not args.quiet)
+    print(f"{len(rows)} rows completed; videos and manifest.parquet in {args.out}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from orchestrator.serving.app import serve_locally
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    serve_locally(args.host, args.port, {"root": args.root, "model": args.model, "overrides": args.overrides})
+    return 0
+
+
 def run_list(args: argparse.Namespace) -> int:
     from orchestrator.runs import list_runs
 
@@ -187,7 +238,8 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, "eval": run_eval, "runs": run_list}
+COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, "eval": run_eval, "runs": run_list,
+            "batch": run_batch, "serve": run_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,8 @@ class PipelineConfig:
     """Torch threads per stage actor; 0 = max(1, round(num_cpus))."""
     lookahead: int = 2
     """Ticks the controller submits ahead of the slowest finished one."""
+    max_streams: int = 4
+    """Videos (streams) the stages carry at once, batched in their model calls; more wait in a queue."""
     start_timeout: float = 300.0
     """Seconds to wait for the stages to be placed and load their models before giving up."""
     ray_address: str = ""
@@ -148,6 +150,20 @@ class RecoveryConfig:
 
 
 @dataclass
+class ServeConfig:
+    """Bounds of `pavdm serve` (the bearer token comes from the PAVDM_API_KEY environment variable only)."""
+
+    max_queued: int = 16
+    """Videos waiting for the pipeline (beyond pipeline.max_streams running); more get HTTP 429."""
+    max_seconds: float = 120.0
+    """Longest video (or extension) one request may ask for."""
+    max_prompt_chars: int = 1000
+    """Longest prompt accepted."""
+    max_body_bytes: int = 8_000_000
+    """Largest request body accepted (HTTP 413 beyond); an extension may upload the video it continues."""
+
+
+@dataclass
 class Config:
     """A whole generation: what to make, with which model, on which schedule, written where."""
 
@@ -169,6 +185,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 BUILTIN = "builtin:"
@@ -288,6 +305,8 @@ def validate(config: Config) -> None:
         raise UserError(f"pipeline.stages must be >= 0 (0 = in process), got {config.pipeline.stages}")
     if config.pipeline.num_cpus < 0 or config.pipeline.num_gpus < 0:
         raise UserError("pipeline.num_cpus and pipeline.num_gpus must be >= 0")
+    if config.pipeline.max_streams < 1:
+        raise UserError(f"pipeline.max_streams must be >= 1, got {config.pipeline.max_streams}")
     if not 0 <= config.metrics.port < 65536:
         raise UserError(f"metrics.port must be in 0..65535, got {config.metrics.port}")
     if not config.prompts:
@@ -309,6 +328,12 @@ def video_identity(config: Config) -> dict[str, Any]:
     if config.pipeline.halo != "all":
         identity["pipeline"] = {"stages": max(config.pipeline.stages, 1), "halo": config.pipeline.halo}
     return _flatten(identity)
+
+
+def engine_identity(config: Config) -> dict[str, Any]:
+    """What the videos sharing one pipeline must agree on: the model and the window schedule."""
+    plain = OmegaConf.to_container(OmegaConf.structured(config))
+    return _flatten({"model": plain["model"], "schedule": plain["schedule"]})
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""`pavdm serve`: the official openai client end to end, live streaming, and requests meant to break it."""
+
+import concurrent.futures
+import io
+import time
+
+import av
+import openai
+import pytest
+import requests
+from serving import API_KEY, Server
+
+FPS = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve") / "runs"
+    server = Server(root, ["pipeline.max_streams=4", "serve.max_queued=6", "serve.max_seconds=60"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(api_key=API_KEY, base_url=f"{server.base}/v1", max_retries=0)
+
+
+def decoded_frames(data: bytes) -> int:
+    with av.open(io.BytesIO(data)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def poll(client, video):
+    while video.status in ("queued", "in_progress"):
+        time.sleep(0.3)
+        video = client.videos.retrieve(video.id)
+    return video
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_openai_client_creates_downloads_extends_lists_and_deletes(client, server):
+    video = client.videos.create(prompt="a red circle bouncing", seconds="4")
+    assert video.status in ("queued", "in_progress") and video.size == "32x32" and video.model == "tiny"
+    video = poll(client, video)
+    assert video.status == "completed" and video.progress == 100 and video.seconds == "4"
+    content = client.videos.download_content(video.id).read()
+    assert decoded_frames(content) == 4 * FPS
+
+    # the client uploads the video it extends; the service recognises its own video and continues it
+    extended = poll(client, client.videos.extend(prompt="a green square bouncing", seconds="4",
+                                                 video=("video.mp4", content, "video/mp4")))
+    assert extended.status == "completed" and extended.seconds == "8"
+    stitched = client.videos.download_content(extended.id).read()
+    assert decoded_frames(stitched) == 8 * FPS
+    # the same extension by reference (multipart video[id], as the API documents it)
+    by_id = requests.post(f"{server.base}/v1/videos/extensions", headers=server.headers,
+                          files={"prompt": (None, "a blue circle"), "seconds": (None, "2"),
+                                 "video[id]": (None, video.id)})
+    assert by_id.status_code == 200, by_id.text
+    assert server.wait_status(by_id.json()["id"])["seconds"] == "6"
+
+    listed = [v.id for v in client.videos.list(limit=2)]  # pages of two, newest first
+    assert {video.id, extended.id, by_id.json()["id"]} <= set(listed)
+    assert client.videos.delete(video.id).deleted
+    assert video.id not in [v.id for v in client.videos.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(video.id)
+    assert decoded_frames(client.videos.download_content(extended.id).read()) == 8 * FPS  # independent
+
+
+def test_stream_plays_before_the_video_is_complete(server):
+    created = requests.post(f"{server.base}/v1/videos", headers=server.headers,
+                            json={"prompt": "a yellow triangle bouncing", "seconds": 40, "seed": 5}).json()
+    received, status_when_playable = bytearray(), None
+    with requests.get(f"{server.base}/v1/videos/{created['id']}/stream", headers=server.headers, stream=True,
+                      timeout=120) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
+        for part in response.iter_content(chunk_size=None):
+            received += part
+            if status_when_playable is None and decoded_prefix_frames(bytes(received)) >= 16:
+                status_when_playable = requests.get(f"{server.base}/v1/videos/{created['id']}",
+                                                    headers=server.headers).json()["status"]
+    assert status_when_playable == "in_progress"  # 2 s of decodable video before the end
+    assert decoded_frames(bytes(received)) == 40 * FPS  # and the whole video once it completed
+    assert server.wait_status(created["id"])["status"] == "completed"
+
+
+def decoded_prefix_frames(data: bytes) -> int:
+    """Frames a player gets from a prefix of a fragmented MP4."""
+    try:
+        return decoded_frames(data)
+    except (av.error.InvalidDataError, av.error.EOFError, ValueError):
+        return 0
+
+
+def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
+    url, auth = f"{server.base}/v1/videos", server.headers
+    assert requests.get(url).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    cases = [
+        (dict(data=b"{not json", headers={**auth, "Content-Type": "application/json"}), 400, "malformed JSON"),
+        (dict(json={"prompt": "a red circle", "seconds": 0}), 400, "seconds"),
+        (dict(json={"prompt": "a red circle", "seconds": "999"}), 400, "seconds"),
+        (dict(json={"prompt": "a red circle", "seconds": "nan"}), 400, "seconds"),
+        (dict(json={"prompt": "a red circle", "size": "1280x720"}), 400, "size"),
+        (dict(json={"prompt": "a red circle", "model": "sora-2"}), 400, "model"),
+        (dict(json={"prompt": ""}), 400, "prompt"),
+        (dict(json=["a list"]), 400, "object"),
+        (dict(json={"prompt": "x" * 2000}), 400, "prompt longer"),
+        (dict(json={"prompt": "x" * 10_000_000}), 413, "larger than"),
+        (dict(json={"prompt": "a red circle", "colour": "red"}), 400, "unsupported"),
+    ]
+    for kwargs, status, words in cases:
+        kwargs["headers"] = kwargs.get("headers", auth)
+        response = requests.post(url, timeout=60, **kwargs)
+        assert response.status_code == status, (kwargs.get("json", "")[:80] if isinstance(kwargs.get("json"), str)
+                                                else response.text)
+        assert words in response.json()["error"]["message"]
+    for bad in ["..%2F..%2Fetc%2Fpasswd", "../runs", "video_" + "0" * 32, "video_%2E%2E", "x" * 300]:
+        for suffix in ("", "/content", "/stream"):
+            assert requests.get(f"{url}/{bad}{suffix}", headers=auth).status_code == 404, bad
+        assert requests.delete(f"{url}/{bad}", headers=auth).status_code in (404, 405), bad
+    extension = requests.post(f"{url}/extensions", headers=auth, json={"prompt": "a", "seconds": 4,
+                                                                       "video": {"id": "../../etc"}})
+    assert extension.status_code == 404
+    assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"
+
+
+def test_requests_beyond_the_queue_get_429_and_all_accepted_complete(server):
+    def create(i):
+        return requests.post(f"{server.base}/v1/videos", headers=server.headers, timeout=60,
+                             json={"prompt": f"a white square number {i}", "seconds": 1, "seed": i})
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(create, range(50)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429} and codes.count(429) > 0, codes
+    assert all("queue is full" in r.json()["error"]["message"] for r in responses if r.status_code == 429)
+    accepted = [r.json()["id"] for r in responses if r.status_code == 200]
+    assert len(accepted) >= 6
+    for video_id in accepted:
+        assert server.wait_status(video_id)["status"] == "completed"
+    metrics = requests.get(f"{server.base}/metrics").text
+    assert f'pavdm_frames_emitted_total{{run_id="{accepted[0]}"}} 8.0' in metrics  # per-request series
+    assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"

@@ -85,11 +85,10 @@ def port_names(container: dict) -> set[str]:
 
 
 def readme_section() -> str:
-    """The "Running on a cluster" section: deploy/README-section.md until it is moved into README.md."""
-    draft = DEPLOY / "README-section.md"
-    text = draft.read_text() if draft.exists() else (ROOT / "README.md").read_text()
+    """The "Running on a cluster" section of README.md."""
+    text = (ROOT / "README.md").read_text()
     match = re.search(r"^## Running on a cluster\n.*?(?=^## |\Z)", text, re.M | re.S)
-    assert match, "README.md has no section '## Running on a cluster' (and deploy/README-section.md is gone)"
+    assert match, "README.md has no section '## Running on a cluster'"
     return match.group(0)
 
 

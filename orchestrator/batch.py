@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 from pyarrow import fs
 from tqdm import tqdm
 
-from orchestrator.config import Config, validate
+from orchestrator.config import Config, identity_hash, validate
 from orchestrator.controller import run_jobs
 from orchestrator.engine import JobQueue, StreamJob
-from orchestrator.errors import RunFailed, UserError
+from orchestrator.errors import RunFailed, UserError, one_line
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.prompts import PromptSchedule
 from orchestrator.runs import RunFolder
@@ -114,7 +114,7 @@ def row_config(base: Config, row: dict, index: int) -> tuple[str, Config]:
     if schedule:
         config.prompts = [str(entry) for entry in schedule]
     elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
-        config.prompts = [row["prompt"]]
+        config.prompts = [f"0:{row['prompt']}"]  # the whole text, even one that starts like "16:9 ..."
     else:
         raise UserError("a row needs a non-empty 'prompt' (or a 'prompts' schedule)")
     for key, kind in (("seconds", float), ("seed", int)):
@@ -166,7 +166,8 @@ class Batch:
         row = self.manifest.get(row_id)
         if row is None or row.status != "completed":
             return False
-        return self.filesystem.get_file_info(row.path).type == fs.FileType.File
+        filesystem, path = open_location(row.path)
+        return filesystem.get_file_info(path).type == fs.FileType.File
 
     def job(self, row_id: str, config: Config) -> StreamJob:
         """The row's run: continued if an earlier attempt left one (its checkpoints), else created."""
@@ -176,7 +177,7 @@ class Batch:
         if (folder / "config.yaml").is_file():
             run = RunFolder(folder)
             saved = run.load_config()
-            if saved.prompts == config.prompts and saved.seed == config.seed and saved.seconds == config.seconds:
+            if identity_hash(saved) == identity_hash(config):  # the same video: continue from its checkpoints
                 return StreamJob(saved, run)
             shutil.rmtree(folder)  # the row changed since: start it again
         return StreamJob(config, RunFolder.create(config))
@@ -206,7 +207,7 @@ def run_batch(base: Config, source: str, out: str, root: str = "runs", progress:
             if row_id in seen:
                 row_id = f"row-{index:05d}"
             batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or "")[:2000], status="failed",
-                                                 error=" ".join(str(err).split()))
+                                                 error=one_line(err))
             seen.add(row_id)
             order.append(row_id)
             continue
@@ -252,7 +253,7 @@ def run_rows(batch: Batch, base: Config, jobs: list[StreamJob], progress: bool) 
             except OSError as err:
                 row.status, row.error = "failed", f"cannot copy the video to --out: {err}"
         else:
-            row.status, row.error = "failed", " ".join(str(job.error).split())[:500]
+            row.status, row.error = "failed", one_line(job.error)
         batch.manifest[job.id] = row
         batch.write_manifest()
 

@@ -157,6 +157,8 @@ class ServeConfig:
     """Videos waiting for the pipeline (beyond pipeline.max_streams running); more get HTTP 429."""
     max_seconds: float = 120.0
     """Longest video (or extension) one request may ask for."""
+    max_total_seconds: float = 3600.0
+    """Longest video a chain of extensions may grow to."""
     max_prompt_chars: int = 1000
     """Longest prompt accepted."""
     max_body_bytes: int = 8_000_000

@@ -1,10 +1,10 @@
-"""Continuous batching on the assembly line: many videos (streams) share the stages, joining and leaving at
-shift boundaries, each with its own prompt, seed, length, run folder and checkpoints."""
+"""Continuous batching: many videos (streams) share the stages, joining and leaving at shift boundaries."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import itertools
 import logging
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from actors.backends.factory import frame_count
 from actors.stage import StageTick, TickStats
 from orchestrator.config import Config, engine_identity
-from orchestrator.errors import UserError
+from orchestrator.errors import RunFailed, UserError, one_line
 from orchestrator.generate import Checkpointer, VideoPlan, begin, plan_video
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.planner import TickPlanner
@@ -46,6 +46,7 @@ class StreamJob:
     frames_total: int = 0
     checkpoint_seconds: float = 0.0
     admitted: bool = False  # on the stages (or ended there)
+    attempts: int = 0  # pipelines that died while carrying it
     written: int = 0  # frames written so far
 
     @property
@@ -72,6 +73,15 @@ class JobQueue:
             self.waiting.extendleft(reversed(jobs))
             self.changed.notify_all()
 
+    def remove(self, job: StreamJob) -> bool:
+        """Take a waiting job out of the queue; False if it is not waiting (running, or gone)."""
+        with self.changed:
+            try:
+                self.waiting.remove(job)
+            except ValueError:
+                return False
+            return True
+
     def close(self) -> None:
         with self.changed:
             self.closed = True
@@ -82,22 +92,35 @@ class JobQueue:
 
     def take(self, count: int, wait: float) -> list[StreamJob]:
         """Up to `count` jobs, waiting up to `wait` seconds for the first; cancelled ones are dropped."""
+        taken, cancelled = [], []
         with self.changed:
             self.changed.wait_for(lambda: self.waiting or self.closed, wait)
-            taken = []
             while self.waiting and len(taken) < count:
                 job = self.waiting.popleft()
-                if job.cancelled.is_set():
-                    job.run.set_status("failed", None, job.frames_total, "", "cancelled")
-                    job.on_end(job)
-                else:
-                    taken.append(job)
-            return taken
+                (cancelled if job.cancelled.is_set() else taken).append(job)
+        for job in cancelled:  # outside the lock: their hooks may take other locks
+            conclude(job, error=UserError("cancelled"))
+        return taken
 
     @property
     def finished(self) -> bool:
         with self.changed:
             return self.closed and not self.waiting
+
+
+def conclude(job: StreamJob, out: Path | None = None, error: BaseException | None = None) -> None:
+    """Record how a job ended in its run folder and tell whoever waits for it (whose errors are logged, so
+    that they never reach the pipeline)."""
+    job.out, job.error = out, error
+    if out is not None:
+        job.run.set_status("completed", job.frames_total, job.frames_total, str(out))
+    else:
+        job.run.set_status("failed", None, job.frames_total, job.config.output.out,
+                           "cancelled" if job.cancelled.is_set() else one_line(error))
+    try:
+        job.on_end(job)
+    except Exception:
+        log.exception("while reporting the end of %s", job.id)
 
 
 @dataclass(eq=False)
@@ -136,12 +159,15 @@ class Engine:
         self.active: dict[str, ActiveStream] = {}
         self.clock = TickClock(metrics, pipeline.stages_count, config.pipeline.lookahead, self.written, bar)
         self.states: list = [None] * pipeline.stages_count  # each stage's published refs from the last tick
+        self.ended_ids: collections.deque[str] = collections.deque()  # whose per-video series are still kept
+        self.pending_requeue: list[StreamJob] = []  # taken from the queue but not yet admitted when it died
 
     # --- joining and leaving -------------------------------------------------------------------------------
 
     def admit(self, job: StreamJob) -> None:
         """Open the job's video in the sink and its window in the stages; a job that cannot start fails alone."""
         config = job.config
+        config.pipeline = copy.deepcopy(self.config.pipeline)  # the partition of the stages it runs on
         try:
             if engine_identity(config) != self.identity:
                 raise UserError("a job's model, schedule or pipeline settings differ from the pipeline's")
@@ -175,20 +201,18 @@ class Engine:
         job.written = stream.written
         job.on_frames(stream.written)
 
+    KEEP_SERIES = 256  # ended videos whose per-video metric series stay exported
+
     def end(self, job: StreamJob, out: Path | None = None, error: BaseException | None = None) -> None:
-        """Record how a job ended in its run folder and tell whoever waits for it."""
         self.active.pop(job.id, None)
         self.metrics.streams.labels(self.metrics.run_id).set(len(self.active))
-        job.out, job.error = out, error
-        if out is not None:
-            job.run.set_status("completed", job.frames_total, job.frames_total, str(out))
-        else:
-            reason = "cancelled" if job.cancelled.is_set() else " ".join(str(error).split())[:500]
-            job.run.set_status("failed", None, job.frames_total, job.config.output.out, reason)
-        job.on_end(job)
+        conclude(job, out, error)
+        self.ended_ids.append(job.id)
+        while len(self.ended_ids) > self.KEEP_SERIES:
+            self.metrics.forget(self.ended_ids.popleft())
 
     def drop(self, stream: ActiveStream, error: BaseException | None = None) -> None:
-        """Take a stream off the stages and the sink before its end (cancelled, or failed alone)."""
+        """Take a stream off the stages and the sink before its end: cancelled, or failed alone."""
         self.clock.drain()
         for stage in self.pipeline.stages:
             stage.drop.remote(stream.job.id)
@@ -214,21 +238,37 @@ class Engine:
         try:
             while self.active or not queue.finished:
                 if at_boundary and len(self.active) < self.max_streams:
-                    for job in queue.take(self.max_streams - len(self.active), wait=0 if self.active else 0.5):
-                        self.admit(job)
+                    self.admit_all(queue.take(self.max_streams - len(self.active), wait=0 if self.active else 0.5))
                 for stream in [s for s in self.active.values() if s.job.cancelled.is_set()]:
                     self.drop(stream)
-                if self.active:
-                    at_boundary = self.tick()
+                at_boundary = self.tick() if self.active else True
             self.clock.drain()
         except BaseException as err:
             jobs = self.interrupted()
-            if stage_died(err):  # they continue from their checkpoints on a rebuilt pipeline
-                queue.requeue(jobs)
-            else:
+            if not stage_died(err):
                 for job in jobs:
                     self.end(job, error=remote_cause(err) if isinstance(err, Exception) else err)
+                raise
+            for job in jobs:  # continue from their checkpoints on a rebuilt pipeline, a bounded number of times
+                job.attempts += 1
+            retry = [job for job in jobs if job.attempts <= self.config.recovery.max_restarts]
+            retry += self.pending_requeue
+            for job in jobs:
+                if job not in retry:
+                    self.end(job, error=RunFailed(f"the pipeline died {job.attempts} times while making it"))
+            queue.requeue(retry)
             raise
+
+    def admit_all(self, jobs: list[StreamJob]) -> None:
+        """Admit jobs in order; if the pipeline dies meanwhile, the ones not yet admitted wait again."""
+        for i, job in enumerate(jobs):
+            try:
+                self.admit(job)
+            except Exception as err:
+                if stage_died(err):
+                    self.pending_requeue = jobs[i:]
+                    raise
+                self.end(job, error=remote_cause(err))
 
     def tick(self) -> bool:
         """One tick of every active stream; returns whether all of them just ended a shift (or block)."""
@@ -260,10 +300,15 @@ class Engine:
             tick = ticks_now[stream.job.id]
             if tick.finished:
                 self.metrics.chunks.labels(stream.job.id).inc(len(tick.finished))
-            if stream.upcoming is None:
-                self.finish(stream)
-            elif tick.boundary and stream.checkpointer.policy.due():
-                self.checkpoint(stream, tick)
+            try:
+                if stream.upcoming is None:
+                    self.finish(stream)
+                elif tick.boundary and stream.checkpointer.policy.due():
+                    self.checkpoint(stream, tick)
+            except Exception as err:
+                if stage_died(err):
+                    raise
+                self.drop(stream, remote_cause(err))  # e.g. its output location is full: it fails alone
         return all(t.boundary for t in ticks_now.values())
 
     def checkpoint(self, stream: ActiveStream, tick: Tick) -> None:

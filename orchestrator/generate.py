@@ -14,7 +14,7 @@ from actors.backends.base import Backend, PromptEncodings
 from actors.backends.factory import build_backend, frame_count
 from actors.codecs import FrameCount
 from orchestrator.config import Config, apply_overrides, video_identity
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, one_line
 from orchestrator.outputs import check_writable, read_latents
 from orchestrator.partition import Partition
 from orchestrator.prompts import ChunkPrompts, PromptSchedule
@@ -179,7 +179,7 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
         run.set_status("interrupted", None, plan.size.frames, config.output.out, "interrupted")
         raise
     except BaseException as err:
-        run.set_status("failed", None, plan.size.frames, config.output.out, " ".join(str(err).split())[:500])
+        run.set_status("failed", None, plan.size.frames, config.output.out, one_line(err))
         raise
     run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
     return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 TICK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -41,6 +43,12 @@ class PipelineMetrics:
             self.handoff_bytes.labels(run_id, str(stage))
         self.restarts.labels(run_id)
         self.server = None
+
+    def forget(self, run_id: str) -> None:
+        """Drop the series of one video (its run_id label) from every metric that has them."""
+        for metric in (self.frames, self.chunks, self.fps, self.eta, self.checkpoint_seconds):
+            with contextlib.suppress(KeyError):
+                metric.remove(run_id)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on host:port (port 0 disables)."""

@@ -13,10 +13,10 @@ def remote_cause(err: Exception) -> Exception:
     return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
 
 
-def unwrap_get(ref, timeout: float | None = None):
+def unwrap_get(ref):
     """ray.get that re-raises a task's UserError as itself."""
     try:
-        return ray.get(ref, timeout=timeout)
+        return ray.get(ref)
     except RayTaskError as err:
         if isinstance(remote_cause(err), UserError):
             raise remote_cause(err) from None

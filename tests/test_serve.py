@@ -144,3 +144,14 @@ def test_requests_beyond_the_queue_get_429_and_all_accepted_complete(server):
     metrics = requests.get(f"{server.base}/metrics").text
     assert f'pavdm_frames_emitted_total{{run_id="{accepted[0]}"}} 8.0' in metrics  # per-request series
     assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"
+
+
+def test_deleting_a_video_in_progress_frees_the_pipeline(server):
+    url, auth = f"{server.base}/v1/videos", server.headers
+    long = requests.post(url, headers=auth, json={"prompt": "a cyan square bouncing", "seconds": 40}).json()
+    server.wait_status(long["id"], states=("in_progress",))
+    assert requests.delete(f"{url}/{long['id']}", headers=auth).json()["deleted"]
+    ratio = requests.post(url, headers=auth, json={"prompt": "16:9 a red circle bouncing", "seconds": 1}).json()
+    assert server.wait_status(ratio["id"], timeout=120)["status"] == "completed"  # a prompt, not a schedule
+    assert requests.get(f"{url}/{long['id']}", headers=auth).status_code == 404
+    assert not (server.root / long["id"]).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Protocol
 
 import torch
@@ -53,13 +54,17 @@ class Backend(Protocol):
 
 
 class PromptEncodings:
-    """Each prompt encoded once by a backend, then reused for every call it conditions."""
+    """Each prompt encoded once by a backend and reused for every call it conditions; the `keep` most
+    recently used stay (a long-lived stage sees an endless stream of prompts)."""
 
-    def __init__(self, backend: Backend):
-        self.backend = backend
-        self.cache: dict[str, Any] = {}
+    def __init__(self, backend: Backend, keep: int = 256):
+        self.backend, self.keep = backend, keep
+        self.cache: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, text: str) -> Any:
         if text not in self.cache:
             self.cache[text] = self.backend.encode_prompt(text)
+            while len(self.cache) > self.keep:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(text)
         return self.cache[text]

@@ -93,7 +93,7 @@ class SkyReelsBackend:
         """One TextCond for a batch of streams: embeddings stacked along B (all padded to the same length)."""
         negatives = [c.negative for c in conds]
         return TextCond(torch.cat([c.positive for c in conds]),  # [B, L, D]
-                        None if negatives[0] is None else torch.cat(negatives))
+                        None if negatives[0] is None else torch.cat(negatives))  # [B, L, D]
 
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond) -> torch.Tensor:

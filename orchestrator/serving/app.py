@@ -86,8 +86,11 @@ class VideoAPI:
         self.service.stop()
 
     @api.get("/healthz")
-    def health(self) -> dict:
-        return {"status": "ok", "queued": len(self.service.queue), "live": len(self.service.live)}
+    def health(self):
+        state = {"queued": len(self.service.queue), "live": len(self.service.live)}
+        if self.service.broken:
+            return JSONResponse({"status": "broken", "error": self.service.broken, **state}, status_code=503)
+        return {"status": "ok", **state}
 
     @api.get("/metrics")
     def metrics(self) -> Response:

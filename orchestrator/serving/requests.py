@@ -97,22 +97,24 @@ class RequestChecker:
         self.limits, self.model, self.size = limits, model, size
 
     def create(self, fields: dict) -> VideoRequest:
-        unknown = set(fields) - {"prompt", "seconds", "size", "model", "seed"}
-        if unknown:
-            raise ApiError(400, f"unsupported field(s): {', '.join(sorted(k[:40] for k in unknown))}")
+        self.only(fields, {"prompt", "seconds", "size", "model", "seed"})
         return VideoRequest(self.prompt(fields), self.seconds(fields, default=8.0), self.size_of(fields),
                             self.model_of(fields), self.seed(fields))
 
     def extension(self, fields: dict) -> VideoRequest:
-        unknown = set(fields) - {"prompt", "seconds", "video", "seed"}
-        if unknown:
-            raise ApiError(400, f"unsupported field(s): {', '.join(sorted(k[:40] for k in unknown))}")
+        self.only(fields, {"prompt", "seconds", "video", "seed"})
         video = fields.get("video")
         video_id = video.get("id") if isinstance(video, dict) else None
         if not isinstance(video_id, str):
             raise ApiError(400, "video must be an object with the id of a completed video", "video")
         return VideoRequest(self.prompt(fields), self.seconds(fields, default=None), self.size, self.model,
                             self.seed(fields), check_id(video_id))
+
+    @staticmethod
+    def only(fields: dict, allowed: set[str]) -> None:
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ApiError(400, f"unsupported field(s): {', '.join(sorted(k[:40] for k in unknown))}")
 
     def prompt(self, fields: dict) -> str:
         prompt = fields.get("prompt")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from orchestrator import segments
 from orchestrator.config import Config
-from orchestrator.engine import JobQueue, StreamJob
+from orchestrator.engine import JobQueue, StreamJob, conclude
+from orchestrator.errors import UserError, one_line
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.runs import RunFolder
 from orchestrator.serving.requests import VIDEO_ID, ApiError, VideoRequest, new_video_id
@@ -43,6 +44,13 @@ class VideoRecord:
     content_sha256: str = ""  # of content.mp4, to recognise an uploaded copy
 
 
+def load_record(path: Path) -> VideoRecord | None:
+    try:
+        return VideoRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 class VideoService:
     """Accepts requests, keeps each video's record and run folder under the runs root, and feeds a JobQueue
     that one pipeline works through (continuous batching of up to pipeline.max_streams videos)."""
@@ -57,6 +65,7 @@ class VideoService:
         self.lock = threading.Lock()
         self.metrics = PipelineMetrics("serve", config.pipeline.stages)
         self.pipeline = None
+        self.broken = ""  # why the pipeline cannot start, if it cannot
         self.recover()
         self.worker = threading.Thread(target=self.work, name="pavdm-pipeline", daemon=True)
         self.worker.start()
@@ -69,15 +78,23 @@ class VideoService:
         while not self.queue.finished:
             try:
                 run_jobs(self.config, self.queue, self.metrics, on_pipeline=self.use_pipeline)
+            except UserError as err:  # the pipeline cannot be built as configured: nothing waiting can run
+                log.error("the pipeline cannot start: %s", err)
+                self.broken = one_line(err)
+                for job in self.queue.take(len(self.queue), wait=0):
+                    conclude(job, error=err)
+                time.sleep(self.config.recovery.backoff_seconds)
             except Exception:
                 log.exception("the pipeline stopped; starting it again")
                 time.sleep(self.config.recovery.backoff_seconds)
 
     def use_pipeline(self, pipeline) -> None:
         self.pipeline = pipeline
+        if pipeline is not None:
+            self.broken = ""
 
     def stop(self) -> None:
-        """Admit nothing more; videos in progress keep their checkpoints and continue after a restart."""
+        """No new videos; what is on the stages or waiting keeps its checkpoints and continues after a restart."""
         self.queue.close()
 
     # --- records -----------------------------------------------------------------------------------------------
@@ -86,10 +103,10 @@ class VideoService:
         return self.root / video_id  # video_id matched VIDEO_ID: a plain name inside the root
 
     def record(self, video_id: str) -> VideoRecord:
-        try:
-            return VideoRecord(**json.loads((self.folder(video_id) / RECORD).read_text()))
-        except (OSError, ValueError, TypeError):
-            raise ApiError(404, "no video with that id", "video_id", "not_found") from None
+        record = load_record(self.folder(video_id) / RECORD)
+        if record is None:
+            raise ApiError(404, "no video with that id", "video_id", "not_found")
+        return record
 
     def save(self, record: VideoRecord) -> None:
         path = self.folder(record.id) / RECORD
@@ -128,14 +145,8 @@ class VideoService:
         }
 
     def records(self) -> list[VideoRecord]:
-        found = []
-        for path in self.root.glob(f"*/{RECORD}"):
-            if VIDEO_ID.match(path.parent.name):
-                try:
-                    found.append(VideoRecord(**json.loads(path.read_text())))
-                except (OSError, ValueError, TypeError):
-                    continue
-        return sorted(found, key=lambda r: (r.created_at, r.id))
+        found = [load_record(path) for path in self.root.glob(f"*/{RECORD}") if VIDEO_ID.match(path.parent.name)]
+        return sorted((r for r in found if r is not None), key=lambda r: (r.created_at, r.id))
 
     # --- requests ----------------------------------------------------------------------------------------------
 
@@ -151,10 +162,14 @@ class VideoService:
             if parent.completed_at is None:
                 raise ApiError(400, "only a completed video can be extended", "video")
             total += parent.total_seconds
+            if total > self.config.serve.max_total_seconds:
+                raise ApiError(400, f"the extended video would last {total:g} s, more than "
+                                    f"serve.max_total_seconds={self.config.serve.max_total_seconds:g}", "seconds")
             init_latents = str(self.folder(parent.id) / "latents_all.arrow")
         video_id = new_video_id()
         config = copy.deepcopy(self.config)
-        config.prompts, config.seconds, config.seed = [request.prompt], request.seconds, request.seed
+        config.prompts = [f"0:{request.prompt}"]  # the whole prompt, even one that starts like "16:9 ..."
+        config.seconds, config.seed = request.seconds, request.seed
         config.init_latents = init_latents
         config.run.root, config.run.id = str(self.root), video_id
         config.output.out = str(self.folder(video_id) / "new.mp4")
@@ -173,18 +188,19 @@ class VideoService:
         self.queue.put(job)
 
     def ended(self, job: StreamJob) -> None:
-        """A job left the pipeline: finish its content, or record why not, or remove a deleted video."""
+        """A job left the pipeline: finish its content, or record why not, or remove a deleted video. Runs
+        under the lock, so that a DELETE sees the video either live or finished."""
         with self.lock:
             self.live.pop(job.id, None)
-        if job.cancelled.is_set():
-            shutil.rmtree(self.folder(job.id), ignore_errors=True)
-            return
-        record = self.record(job.id)
-        if job.out is None:
-            record.error = " ".join(str(job.error).split())[:500] or "generation failed"
-            self.save(record)
-            return
-        self.finalize(record)
+            if job.cancelled.is_set():
+                shutil.rmtree(self.folder(job.id), ignore_errors=True)
+                return
+            record = self.record(job.id)
+            if job.out is None:
+                record.error = one_line(job.error) or "generation failed"
+                self.save(record)
+                return
+            self.finalize(record)
 
     def finalize(self, record: VideoRecord) -> None:
         """content.mp4 (and latents_all.arrow, the context of extensions): this video's frames, after those of
@@ -222,10 +238,11 @@ class VideoService:
         self.record(video_id)
         with self.lock:
             job = self.live.get(video_id)
-        if job is not None:
-            job.cancelled.set()  # the pipeline drops it and ended() removes the folder
-        else:
-            shutil.rmtree(self.folder(video_id), ignore_errors=True)
+            if job is None or self.queue.remove(job):  # finished, or still waiting: gone now
+                self.live.pop(video_id, None)
+                shutil.rmtree(self.folder(video_id), ignore_errors=True)
+            else:
+                job.cancelled.set()  # on the stages: the engine drops it and ended() removes the folder
 
     def recover(self) -> None:
         """After a restart: finish what had completed, queue what had not (it continues from its checkpoint)."""

@@ -35,7 +35,8 @@ class _Collected(io.RawIOBase):
 
 
 class FragmentedMp4:
-    """H.264 in fragmented MP4 (empty moov, one fragment per frame), encoded incrementally."""
+    """H.264 in fragmented MP4 (empty moov, a fragment per keyframe, one keyframe a second), encoded
+    incrementally with no frame delay (zerolatency)."""
 
     def __init__(self, fps: float, width: int, height: int):
         self.sink = _Collected()
@@ -59,12 +60,27 @@ class FragmentedMp4:
         return self.sink.drain()
 
 
-def file_frames(path: Path, start: int = 0) -> Iterator[np.ndarray]:
-    """Frames of an MP4 from index `start` on, as uint8 [H, W, 3]."""
+def file_frames(path: Path, start: int = 0, batch: int = 64) -> Iterator[list[np.ndarray]]:
+    """Frames of an MP4 from index `start` on, as lists of up to `batch` uint8 [H, W, 3] arrays."""
     with av.open(str(path)) as container:
+        frames = []
         for index, frame in enumerate(container.decode(video=0)):
             if index >= start:
-                yield frame.to_ndarray(format="rgb24")
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == batch:
+                yield frames
+                frames = []
+        if frames:
+            yield frames
+
+
+async def encoded_file(encoder: FragmentedMp4, path: Path, start: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+    """An MP4's frames from `start` on through `encoder`, decoded and encoded off the event loop; yields
+    (frames so far, bytes)."""
+    batches, count = file_frames(path, start), 0
+    while (frames := await asyncio.to_thread(next, batches, None)) is not None:
+        count += len(frames)
+        yield count, await asyncio.to_thread(encoder.add, frames)
 
 
 async def live_video(service, video_id: str, poll: float = 0.2) -> AsyncIterator[bytes]:
@@ -73,23 +89,29 @@ async def live_video(service, video_id: str, poll: float = 0.2) -> AsyncIterator
     record = service.record(video_id)
     width, height = (int(n) for n in record.size.split("x"))
     encoder = FragmentedMp4(service.config.fps, width, height)
-    before = list(file_frames(service.content(record.extends))) if record.extends else []
-    if before:
-        yield encoder.add(before)
-    index = 0
-    while True:
-        frames, done = await service.frames_since(video_id, index)
-        if frames:
-            yield encoder.add([frame.numpy() for _, frame in frames])
-            index = frames[-1][0] + 1
-        if done:
-            break
-        if done is None:
-            state = service.status_of(service.record(video_id))[0]
-            if state == "completed":  # finished before we caught up: the rest from the file
-                yield encoder.add(list(file_frames(service.content(video_id), len(before) + index)))
+    try:
+        before = 0
+        if record.extends:
+            async for count, data in encoded_file(encoder, service.content(record.extends)):
+                before = count
+                yield data
+        index = 0
+        while True:
+            frames, done = await service.frames_since(video_id, index)
+            if frames:
+                yield await asyncio.to_thread(encoder.add, [frame.numpy() for _, frame in frames])
+                index = frames[-1][0] + 1
+            if done:
                 break
-            if state == "failed":
-                break
-            await asyncio.sleep(poll)
-    yield encoder.close()
+            if done is None:
+                state = service.status_of(service.record(video_id))[0]
+                if state == "completed":  # finished before we caught up: the rest from the file
+                    async for _, data in encoded_file(encoder, service.content(video_id), before + index):
+                        yield data
+                    break
+                if state == "failed":
+                    break
+                await asyncio.sleep(poll)
+        yield encoder.close()
+    finally:
+        encoder.container.close()

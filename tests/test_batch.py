@@ -75,12 +75,13 @@ def test_csv_and_parquet_give_the_same_manifest(tmp_path):
                    tmp_path / "prompts.parquet")
     manifests = []
     for name in ("prompts.csv", "prompts.parquet"):
-        out = tmp_path / f"out-{name}"
+        out = tmp_path / f"out-{name}"  # given as a pyarrow.fs URI, as object stores are
         with pytest.raises(RunFailed):
-            run_batch(config(), str(tmp_path / name), str(out), str(tmp_path / "runs"), progress=False)
+            run_batch(config(), (tmp_path / name).as_uri(), out.as_uri(), str(tmp_path / "runs"), progress=False)
         manifests.append([{key: row[key] for key in SAME_FIELDS} for row in manifest(out)])
     assert manifests[0] == manifests[1]
     assert sum(row["status"] == "completed" for row in manifests[0]) == 11
+    assert manifest(out)[0]["path"] == (out / "clip-00.mp4").as_uri()
 
 
 def test_cli_batch_errors_and_exit_codes(tmp_path):

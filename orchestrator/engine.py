@@ -134,7 +134,6 @@ class ActiveStream:
     checkpointer: Checkpointer
     start_refs: list | None  # each stage's published share at the start, read by the first tick only
     upcoming: Tick | None = None
-    written: int = 0
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -195,11 +194,10 @@ class Engine:
                       for stage, share in zip(self.pipeline.stages, shares, strict=True)]
         job.run.set_status("running", start.sink.frames, plan.size.frames, config.output.out)
         job.admitted = True
-        stream = ActiveStream(job, plan, planner, schedule, checkpointer, start_refs, written=start.sink.frames)
-        self.active[job.id] = stream
+        self.active[job.id] = ActiveStream(job, plan, planner, schedule, checkpointer, start_refs)
         self.metrics.streams.labels(self.metrics.run_id).set(len(self.active))
-        job.written = stream.written
-        job.on_frames(stream.written)
+        job.written = start.sink.frames
+        job.on_frames(job.written)
 
     KEEP_SERIES = 256  # ended videos whose per-video metric series stay exported
 
@@ -335,13 +333,12 @@ class Engine:
             stream = self.active.get(stream_id)
             if stream is None:
                 continue
-            self.metrics.frames.labels(stream_id).inc(count - stream.written)
-            stream.written = count
+            self.metrics.frames.labels(stream_id).inc(count - stream.job.written)
+            stream.job.written = count
             elapsed = max(time.time() - stream.started, 1e-9)
             rate = count / elapsed
             self.metrics.fps.labels(stream_id).set(rate)
             self.metrics.eta.labels(stream_id).set((stream.plan.size.frames - count) / rate if rate else float("nan"))
-            stream.job.written = count
             stream.job.on_frames(count)
 
 

@@ -11,7 +11,8 @@ from orchestrator.errors import UserError
 
 @dataclass
 class ArchitectureConfig:
-    """The SkyReels-V2 transformer trained from scratch (ignored when fine-tuning)."""
+    """The SkyReels-V2 transformer to train; a fine-tuned one (init_from) must match it but may be shallower,
+    and is then deepened with identity blocks."""
 
     patch: int = 4
     """Spatial patch size; 32x32 frames with patch 4 give 64 tokens per frame."""

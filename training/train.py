@@ -18,6 +18,7 @@ from actors.backends.text import load_text_encoder
 from orchestrator.config import ModelConfig
 from orchestrator.schedule import Geometry
 from training.config import TrainConfig
+from training.deepen import check_architecture, deepen
 from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
 from training.world import World, random_scene
 
@@ -27,9 +28,11 @@ STATE_FILE = "training_state.pt"
 def build_transformer(config: TrainConfig, text_dim: int):
     from diffusers import SkyReelsV2Transformer3DModel
 
-    if config.init_from:
-        return SkyReelsV2Transformer3DModel.from_pretrained(config.init_from, subfolder="transformer")
     arch = config.architecture
+    if config.init_from:
+        model = SkyReelsV2Transformer3DModel.from_pretrained(config.init_from, subfolder="transformer")
+        check_architecture(model.config, arch)
+        return deepen(model, arch.layers)
     return SkyReelsV2Transformer3DModel(
         patch_size=(1, arch.patch, arch.patch), num_attention_heads=arch.heads, attention_head_dim=arch.head_dim,
         in_channels=3, out_channels=3, text_dim=text_dim, freq_dim=64, ffn_dim=arch.ffn_dim, num_layers=arch.layers,

@@ -1,0 +1,57 @@
+"""Deepening a trained transformer: identity blocks between the old ones, the same output, then fine-tuning."""
+
+import pytest
+import torch
+
+from orchestrator.errors import UserError
+from tests.tiny_models import MINILM_DIM, tiny_transformer
+from training.config import ArchitectureConfig, load_train_config
+from training.deepen import check_architecture, deepen, new_block_positions
+from training.train import build_transformer
+
+
+def test_new_blocks_are_spread_between_the_old():
+    assert new_block_positions(4, 6) == [2, 5]
+    assert new_block_positions(4, 8) == [1, 3, 5, 7]
+    assert new_block_positions(1, 3) == [0, 2]
+    for old, new in [(1, 5), (2, 3), (3, 10)]:
+        positions = new_block_positions(old, new)
+        assert len(set(positions)) == new - old and all(0 <= p < new for p in positions)
+
+
+def test_deepened_model_computes_the_same_function_and_keeps_the_old_blocks():
+    model = tiny_transformer(3, MINILM_DIM).eval()
+    deeper = deepen(model, 5).eval()
+    assert deeper.config.num_layers == 5
+    kept = [i for i in range(5) if i not in new_block_positions(2, 5)]
+    for old, new in enumerate(kept):
+        for (name, a), b in zip(model.blocks[old].state_dict().items(), deeper.blocks[new].state_dict().values(),
+                                strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    x = torch.randn(2, 3, 4, 8, 8)  # [B, C, F, H, W]
+    t = torch.rand(2, 4) * 1000  # [B, F]: diffusion forcing, a level per frame
+    text = torch.randn(2, 5, MINILM_DIM)  # [B, L, D]
+    with torch.no_grad():
+        before = model(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
+                       return_dict=False)[0]
+        after = deeper(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
+                       return_dict=False)[0]
+    torch.testing.assert_close(after, before)
+    assert before.abs().max() > 0
+    assert deepen(model, 2) is model
+
+
+def test_a_fine_tuned_model_must_keep_its_shape_and_may_only_grow():
+    loaded = tiny_transformer(3, MINILM_DIM).config  # patch 2, 2 heads of 8, ffn 32, 2 layers
+    check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=8, ffn_dim=32, layers=3))
+    with pytest.raises(UserError, match="architecture.heads=2"):
+        check_architecture(loaded, ArchitectureConfig(patch=2, heads=4, head_dim=8, ffn_dim=32, layers=2))
+    with pytest.raises(UserError, match="only be deepened"):
+        check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=8, ffn_dim=32, layers=1))
+
+
+def test_training_from_a_saved_model_deepens_it(tmp_path):
+    tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
+    config = load_train_config([], [f"init_from={tmp_path / 'base'}", "architecture.patch=2", "architecture.heads=2",
+                                    "architecture.head_dim=8", "architecture.ffn_dim=32", "architecture.layers=4"])
+    assert build_transformer(config, MINILM_DIM).config.num_layers == 4

@@ -23,6 +23,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def add_common_options(parser: Parser, config_help: str | None = None,
+                       overrides_help: str = "config overrides") -> None:
+    """--config (when the command reads config files), --quiet and the trailing KEY=VALUE overrides."""
+    if config_help:
+        parser.add_argument("--config", action="append", default=[], metavar="FILE", help=config_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+
+
 GENERATE_EPILOG = """\
 overrides:
   Any config key can be set as KEY=VALUE after the options, e.g.
@@ -65,10 +74,7 @@ def build_parser() -> Parser:
     gen.add_argument("--model", metavar="NAME|PATH",
                      help=f"model config name ({', '.join(model_names())}; default {DEFAULT_MODEL}) or a diffusers "
                           "model folder")
-    gen.add_argument("--config", action="append", default=[], metavar="FILE",
-                     help="extra YAML config merged over the defaults; repeatable")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_common_options(gen, "extra YAML config merged over the defaults; repeatable")
 
     res = commands.add_parser(
         "resume",
@@ -78,20 +84,18 @@ def build_parser() -> Parser:
     )
     res.add_argument("run", metavar="RUN", help="run id (under --root) or run folder")
     res.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
-    res.add_argument("--quiet", action="store_true", help="no progress bar")
-    res.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_common_options(res)
 
     trn = commands.add_parser(
         "train",
         help="train a model with the progressive recipe",
-        description="Train (or fine-tune, train.init_from=FOLDER) a SkyReels-V2 transformer with the progressive "
-                    "recipe on the procedural world; the EMA weights are saved with save_pretrained.",
+        description="Train (or fine-tune, init_from=FOLDER, and deepen, architecture.layers=N) a SkyReels-V2 "
+                    "transformer with the progressive recipe on the procedural world; the EMA weights are saved "
+                    "with save_pretrained.",
     )
-    trn.add_argument("--config", action="append", default=[], metavar="FILE", help="training YAML, e.g. "
-                     "configs/train/tiny.yaml; repeatable")
     trn.add_argument("--resume", action="store_true", help="continue from <out>/training_state.pt")
-    trn.add_argument("--quiet", action="store_true", help="no progress bar")
-    trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.steps=100")
+    add_common_options(trn, "training YAML, e.g. configs/train/tiny.yaml; repeatable",
+                       "config overrides, e.g. optim.steps=100")
 
     ev = commands.add_parser(
         "eval",
@@ -106,8 +110,7 @@ def build_parser() -> Parser:
     ev.add_argument("--prompt", action="append", help="prompts (default: five fixed world captions)")
     ev.add_argument("--kinds", nargs="+", default=None, help="schedules (default: all four)")
     ev.add_argument("--out-dir", default="eval", help="folder for the results (default eval)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_common_options(ev)
 
     bat = commands.add_parser(
         "batch",
@@ -122,10 +125,8 @@ def build_parser() -> Parser:
     bat.add_argument("prompts", metavar="PROMPTS", help="prompt list: a file or a pyarrow.fs URI (s3://, gs://, ...)")
     bat.add_argument("--out", required=True, metavar="DIR|URI", help="folder or pyarrow.fs URI for the videos")
     bat.add_argument("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_MODEL})")
-    bat.add_argument("--config", action="append", default=[], metavar="FILE", help="extra YAML config; repeatable")
     bat.add_argument("--root", default="runs", help="local folder for the rows' runs and checkpoints (default runs)")
-    bat.add_argument("--quiet", action="store_true", help="no progress bar")
-    bat.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seconds=8")
+    add_common_options(bat, "extra YAML config; repeatable", "config overrides, e.g. seconds=8")
 
     srv = commands.add_parser(
         "serve",

@@ -119,14 +119,25 @@ def run_jobs(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqd
             metrics.close()
 
 
+@contextlib.contextmanager
+def one_job(config: Config, run: RunFolder, progress: bool) -> Iterator[tuple[StreamJob, tqdm]]:
+    """The job of one video, with a frame progress bar that follows it."""
+    job = StreamJob(config, run)
+    with frame_progress(0, progress) as bar:
+
+        def on_frames(frames: int) -> None:
+            bar.total = job.frames_total
+            bar.update(frames - bar.n)
+
+        job.on_frames = on_frames
+        yield job, bar
+
+
 def run_video(pipeline: Pipeline, config: Config, run: RunFolder, metrics: PipelineMetrics,
               progress: bool = False) -> StreamJob:
     """One video on built stages, from the run's newest valid checkpoint or from the start."""
-    job = StreamJob(config, run)
-    with frame_progress(0, progress) as bar:
-        job.on_frames = lambda frames: bar.update(frames - bar.n)
+    with one_job(config, run, progress) as (job, bar):
         Engine(pipeline, config, metrics, bar).run(JobQueue([job], closed=True))
-        bar.total = job.frames_total
     return finished(job)
 
 
@@ -139,14 +150,7 @@ def finished(job: StreamJob) -> StreamJob:
 
 def run_pipeline(config: Config, run: RunFolder, progress: bool) -> tuple[StreamJob, int]:
     """The CLI path: one job through run_jobs. Returns (the finished job, restarts)."""
-    metrics = PipelineMetrics(run.run_id, config.pipeline.stages)
-    job = StreamJob(config, run)
-    with frame_progress(0, progress) as bar:
-
-        def on_frames(frames: int) -> None:
-            bar.total = job.frames_total
-            bar.update(frames - bar.n)
-
-        job.on_frames = on_frames
-        restarts = run_jobs(config, JobQueue([job], closed=True), metrics, bar)
+    with one_job(config, run, progress) as (job, bar):
+        restarts = run_jobs(config, JobQueue([job], closed=True), PipelineMetrics(run.run_id, config.pipeline.stages),
+                            bar)
     return finished(job), restarts

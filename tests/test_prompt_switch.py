@@ -1,4 +1,4 @@
-"""The shipped model follows a prompt schedule: what the probe finds changes with the prompt."""
+"""The shipped model follows a prompt schedule: what the probe finds changes with the prompt, without a cut."""
 
 import numpy as np
 import pytest
@@ -12,8 +12,8 @@ from training.world import parse_caption
 BEFORE, AFTER, SWITCH, FPS = "a red circle", "a green square", 20.0, 8.0
 
 
-def render(seed: int, prompts: list[str]) -> np.ndarray:
-    config = load_config([], [f"seed={seed}", "seconds=40"], model="tiny")
+def render(seed: int, prompts: list[str], seconds: float = 40) -> np.ndarray:
+    config = load_config([], [f"seed={seed}", f"seconds={seconds:g}"], model="tiny")
     config.prompts = prompts
     return render_frames(config, build_backend(config.model))
 
@@ -29,3 +29,21 @@ def test_prompt_switch_changes_content(seed):
     frames = render(seed, schedule)  # [320, 32, 32, 3]
     assert presence(frames, BEFORE, 0, SWITCH) > presence(frames, BEFORE, SWITCH + 4, 40)
     assert presence(frames, AFTER, SWITCH + 4, 40) > presence(frames, AFTER, 0, SWITCH)
+
+
+def largest_change(frames: np.ndarray, start: float, end: float) -> float:
+    """The largest mean absolute change between consecutive frames in [start, end) s over the video's median one."""
+    change = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean((1, 2, 3))  # [T-1]: frame t to t+1
+    return float(change[int(start * FPS) : int(end * FPS)].max() / np.median(change))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prompt_switch_is_not_a_cut(seed):
+    """Around the switch the video changes less than at a hard cut from the first prompt's video to the second's."""
+    switched = render(seed, [f"0:{BEFORE}", f"{SWITCH:g}:{AFTER}"])  # [320, 32, 32, 3]
+    cut_at = int(SWITCH * FPS)
+    window = (SWITCH - 1, SWITCH + 3)
+    before = render(seed, [BEFORE], SWITCH)  # [160, 32, 32, 3]
+    after = render(seed + 10, [AFTER], window[1] + 1)  # [192, 32, 32, 3]
+    spliced = np.concatenate([before, after[cut_at:]])  # one hard cut, between frames cut_at - 1 and cut_at
+    assert largest_change(switched, *window) < largest_change(spliced, *window)

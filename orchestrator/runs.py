@@ -98,7 +98,7 @@ class RunFolder:
         raise UserError(f"no run '{run}' (looked for {run}/config.yaml and {Path(root) / run}/config.yaml)")
 
     def save_config(self, config: Config) -> None:
-        _write_atomic(self.config_file, to_yaml(config))
+        write_text_atomic(self.config_file, to_yaml(config))
 
     def load_config(self) -> Config:
         return from_yaml(self.config_file.read_text())
@@ -121,7 +121,7 @@ class RunFolder:
             frames_written = previous.frames_written if previous else 0
         status = RunStatus(self.run_id, state, frames_written, frames_total, out, os.getpid(),
                            previous.started if previous else now, now, error)
-        _write_atomic(self.status_file, json.dumps(asdict(status), indent=1))
+        write_text_atomic(self.status_file, json.dumps(asdict(status), indent=1))
 
 
     def discard_if_unused(self, store: CheckpointStore) -> bool:
@@ -134,7 +134,8 @@ class RunFolder:
         return True
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file whole or not at all: under a temporary name, then renamed over `path`."""
     temp = path.with_name(f".{path.name}.partial")
     temp.write_text(text)
     os.replace(temp, path)

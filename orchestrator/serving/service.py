@@ -19,7 +19,8 @@ from orchestrator.config import Config
 from orchestrator.engine import JobQueue, StreamJob, conclude
 from orchestrator.errors import UserError, one_line
 from orchestrator.metrics import PipelineMetrics
-from orchestrator.runs import RunFolder
+from orchestrator.outputs import partial_path
+from orchestrator.runs import RunFolder, write_text_atomic
 from orchestrator.serving.requests import VIDEO_ID, ApiError, VideoRequest, new_video_id
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,7 @@ class VideoService:
         return record
 
     def save(self, record: VideoRecord) -> None:
-        path = self.folder(record.id) / RECORD
-        temp = path.with_name(f".{RECORD}.partial")
-        temp.write_text(json.dumps(dataclasses.asdict(record)))
-        os.replace(temp, path)
+        write_text_atomic(self.folder(record.id) / RECORD, json.dumps(dataclasses.asdict(record)))
 
     def content(self, video_id: str) -> Path:
         return self.folder(video_id) / "content.mp4"
@@ -213,7 +211,7 @@ class VideoService:
             parts_latents.insert(0, parent / "latents_all.arrow")
         try:
             for parts, name in ((parts_mp4, "content.mp4"), (parts_latents, "latents_all.arrow")):
-                temp = folder / f".{name}.partial"
+                temp = partial_path(folder / name)
                 (segments.join_mp4 if name.endswith(".mp4") else segments.join_arrow)(parts, temp)
                 os.replace(temp, folder / name)
         except OSError as err:

@@ -208,15 +208,13 @@ def run_batch(base: Config, source: str, out: str, root: str = "runs", progress:
                 row_id = f"row-{index:05d}"
             batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or "")[:2000], status="failed",
                                                  error=one_line(err))
-            seen.add(row_id)
-            order.append(row_id)
-            continue
+        else:
+            if not batch.done(row_id):
+                batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or ""), list(config.prompts),
+                                                     config.seed, seconds=config.seconds)
+                jobs.append(batch.job(row_id, config))
         seen.add(row_id)
         order.append(row_id)
-        if not batch.done(row_id):
-            batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or ""), list(config.prompts),
-                                                 config.seed, seconds=config.seconds)
-            jobs.append(batch.job(row_id, config))
     batch.write_manifest()
     if jobs:
         run_rows(batch, base, jobs, progress)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs
 from tqdm import tqdm
 
+from orchestrator.atomic import partial_path
 from orchestrator.config import Config, identity_hash, validate
 from orchestrator.controller import run_jobs
 from orchestrator.engine import JobQueue, StreamJob
@@ -156,7 +157,7 @@ class Batch:
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
         final = f"{self.out_path}/{MANIFEST}"
         local = isinstance(self.filesystem, fs.LocalFileSystem)
-        target = f"{self.out_path}/.{MANIFEST}.partial" if local else final
+        target = str(partial_path(Path(final))) if local else final
         with self.filesystem.open_output_stream(target) as stream:
             pq.write_table(table, stream)
         if local:

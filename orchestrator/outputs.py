@@ -11,12 +11,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from orchestrator.atomic import partial_path
 from orchestrator.errors import UserError
-
-
-def partial_path(final: Path) -> Path:
-    """The temporary name a file is written under until it is complete."""
-    return final.with_name(f".{final.name}.partial")
 
 
 def check_writable(path: Path, what: str) -> None:

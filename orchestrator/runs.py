@@ -11,6 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from orchestrator.atomic import write_text_atomic
 from orchestrator.checkpoint import CheckpointStore
 from orchestrator.config import Config, from_yaml, to_yaml
 from orchestrator.errors import UserError
@@ -132,13 +133,6 @@ class RunFolder:
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()  # the runs root too, if this run was all it held
         return True
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file whole or not at all: under a temporary name, then renamed over `path`."""
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def list_runs(root: str) -> list[RunStatus]:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import segments
+from orchestrator.atomic import partial_path, write_text_atomic
 from orchestrator.config import Config
 from orchestrator.engine import JobQueue, StreamJob, conclude
 from orchestrator.errors import UserError, one_line
 from orchestrator.metrics import PipelineMetrics
-from orchestrator.outputs import partial_path
-from orchestrator.runs import RunFolder, write_text_atomic
+from orchestrator.runs import RunFolder
 from orchestrator.serving.requests import VIDEO_ID, ApiError, VideoRequest, new_video_id
 
 log = logging.getLogger(__name__)

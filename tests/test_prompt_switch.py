@@ -6,7 +6,7 @@ import pytest
 from actors.backends.factory import build_backend
 from orchestrator.config import load_config
 from training.evaluate import render_frames
-from training.probe import score_video
+from training.probe import frame_changes, score_video
 from training.world import parse_caption
 
 BEFORE, AFTER, SWITCH, FPS = "a red circle", "a green square", 20.0, 8.0
@@ -33,7 +33,7 @@ def test_prompt_switch_changes_content(seed):
 
 def largest_change(frames: np.ndarray, start: float, end: float) -> float:
     """The largest mean absolute change between consecutive frames in [start, end) s over the video's median one."""
-    change = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean((1, 2, 3))  # [T-1]: frame t to t+1
+    change = frame_changes(frames)  # [T-1]: frame t to t+1
     return float(change[int(start * FPS) : int(end * FPS)].max() / np.median(change))
 
 

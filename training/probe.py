@@ -295,11 +295,16 @@ def _colour_drift(stats: dict[str, tuple], reference: dict[str, tuple] | None) -
     return 1 - float(np.mean(drift))
 
 
+def frame_changes(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute change [T-1] from each frame of [T, H, W, 3] to the next, in grey levels."""
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean((1, 2, 3))
+
+
 def _abruptness(frames: np.ndarray, previous_frame: np.ndarray | None) -> float:
     """Largest frame-to-frame mean absolute change over the median one (floored at ABRUPTNESS_FLOOR grey levels, so
     a still video does not divide by zero); about 1 for steady motion, a spike marks a seam. Lower is better."""
     clip = frames if previous_frame is None else np.concatenate([previous_frame[None], frames])  # [T', H, W, 3]
-    change = np.abs(np.diff(clip.astype(np.float32), axis=0)).mean((1, 2, 3))  # [T'-1]
+    change = frame_changes(clip)  # [T'-1]
     return float(change.max() / max(float(np.median(change)), ABRUPTNESS_FLOOR)) if len(change) else float("nan")
 
 

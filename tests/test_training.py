@@ -6,6 +6,7 @@ from diffusers import SkyReelsV2Transformer3DModel
 from orchestrator.config import ScheduleConfig
 from orchestrator.schedule import Geometry, sigma_of
 from training.config import load_train_config
+from training.own_context import own_context
 from training.recipe import OFFSET_SCALE, WindowShape, training_sigmas, window_shape
 from training.train import train
 
@@ -45,9 +46,24 @@ def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):
     config = load_train_config([], [
         f"out={tmp_path / 'model'}", "optim.steps=150", "optim.batch=4", "optim.warmup=10", "optim.lr=2e-3",
         "architecture.layers=1", "architecture.heads=2", "architecture.ffn_dim=64", "save_every=100",
-        "data.size=16", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
+        "data.size=16", "data.own_context=0.5", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
     ])
     summary = train(config, progress=False)
     assert summary["loss_last_50"] < 0.8 * summary["loss_first_50"]
     model = SkyReelsV2Transformer3DModel.from_pretrained(tmp_path / "model", subfolder="transformer")
     assert model.config.num_layers == 1 and (tmp_path / "model" / "training.json").is_file()
+
+
+def test_own_context_is_the_models_estimate_of_a_noised_copy():
+    model = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=64)
+    context = torch.rand(4, 3, 2, 8, 8) * 2 - 1  # [B, 3, F, H, W]
+    text = torch.randn(4, 5, 16)  # [B, L, D]
+    same = own_context(model, context, text, share=0.0, max_sigma=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same, context)
+    at_zero = own_context(model, context, text, share=1.0, max_sigma=0.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(at_zero, context)  # sigma 0: x0 = x, the context itself
+    estimate = own_context(model, context, text, share=1.0, max_sigma=0.5, generator=torch.Generator().manual_seed(0))
+    changed = (estimate - context).abs().flatten(1).amax(1)  # [B]
+    assert (changed > 1e-3).all() and estimate.abs().max() <= 1

@@ -40,6 +40,11 @@ class DataConfig:
     """Share of samples that show a filling or draining window (fewer noisy chunks, maybe no context)."""
     text_dropout: float = 0.1
     """Share of samples trained without text, so classifier-free guidance works."""
+    own_context: float = 0.0
+    """Share of samples (of windows with context) whose context chunk is the model's own estimate of it, so the
+    model learns to continue from imperfect frames, as it must at generation time (training/own_context.py)."""
+    own_context_sigma: float = 0.5
+    """The estimate is made in one step from the context noised to a level drawn uniformly from [0, this]."""
 
 
 @dataclass

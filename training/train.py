@@ -19,6 +19,7 @@ from orchestrator.config import ModelConfig
 from orchestrator.schedule import Geometry
 from training.config import TrainConfig
 from training.deepen import check_architecture, deepen
+from training.own_context import own_context
 from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
 from training.world import World, random_scene
 
@@ -119,6 +120,10 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         text[drop] = empty
         sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, len(texts), generator))  # [B, F]
         x, target = noisy_inputs(clean, sigmas, generator)
+        if shape.context and config.data.own_context > 0:
+            context = geometry.context * geometry.chunk
+            x[:, :, :context] = own_context(model, clean[:, :, :context], text, config.data.own_context,
+                                            config.data.own_context_sigma, generator)
         prediction = model(hidden_states=x, timestep=sigmas * TRAIN_TIMESTEPS, encoder_hidden_states=text,
                            enable_diffusion_forcing=True, return_dict=False)[0]
         noisy = sigmas > 0  # [B, F]: the clean context is left out of the loss

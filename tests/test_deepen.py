@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from orchestrator.errors import UserError
-from tests.tiny_models import MINILM_DIM, tiny_transformer
+from tests.tiny_models import MINILM_DIM, tiny_transformer, window_velocity
 from training.config import ArchitectureConfig, load_train_config
 from training.deepen import check_architecture, deepen, new_block_positions
 from training.train import build_transformer
@@ -28,24 +28,22 @@ def test_deepened_model_computes_the_same_function_and_keeps_the_old_blocks():
         for (name, a), b in zip(model.blocks[old].state_dict().items(), deeper.blocks[new].state_dict().values(),
                                 strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    x = torch.randn(2, 3, 4, 8, 8)  # [B, C, F, H, W]
-    t = torch.rand(2, 4) * 1000  # [B, F]: diffusion forcing, a level per frame
-    text = torch.randn(2, 5, MINILM_DIM)  # [B, L, D]
-    with torch.no_grad():
-        before = model(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
-                       return_dict=False)[0]
-        after = deeper(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
-                       return_dict=False)[0]
+    before, after = window_velocity(model), window_velocity(deeper)
     torch.testing.assert_close(after, before)
     assert before.abs().max() > 0
     assert deepen(model, 2) is model
 
 
-def test_a_fine_tuned_model_must_keep_its_shape_and_may_only_grow():
+def test_a_fine_tuned_model_keeps_patch_and_head_size_and_may_only_grow():
     loaded = tiny_transformer(3, MINILM_DIM).config  # patch 2, 2 heads of 8, ffn 32, 2 layers
     check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=8, ffn_dim=32, layers=3))
-    with pytest.raises(UserError, match="architecture.heads=2"):
+    assert check_architecture(loaded, ArchitectureConfig(patch=2, heads=4, head_dim=8, ffn_dim=64, layers=2)) == 2
+    with pytest.raises(UserError, match="same whole multiple"):
         check_architecture(loaded, ArchitectureConfig(patch=2, heads=4, head_dim=8, ffn_dim=32, layers=2))
+    with pytest.raises(UserError, match="same whole multiple"):
+        check_architecture(loaded, ArchitectureConfig(patch=2, heads=3, head_dim=8, ffn_dim=48, layers=2))
+    with pytest.raises(UserError, match="architecture.head_dim=8"):
+        check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=16, ffn_dim=32, layers=2))
     with pytest.raises(UserError, match="only be deepened"):
         check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=8, ffn_dim=32, layers=1))
 

@@ -53,3 +53,14 @@ def make_tiny_skyreels(folder: Path, vae: bool = False, folder_text_encoder: boo
     if vae:
         tiny_vae().save_pretrained(folder / "vae")
     return folder
+
+
+def window_velocity(model, batch: int = 2, frames: int = 4, size: int = 8, seed: int = 0):
+    """The model's output [B, C, F, H, W] on a fixed random window: a level per frame and random text."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, model.config.in_channels, frames, size, size, generator=generator)  # [B, C, F, H, W]
+    t = torch.rand(batch, frames, generator=generator) * 1000  # [B, F]: diffusion forcing, a level per frame
+    text = torch.randn(batch, 5, model.config.text_dim, generator=generator)  # [B, L, D]
+    with torch.no_grad():
+        return model(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
+                     return_dict=False)[0]

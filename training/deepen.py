@@ -11,17 +11,22 @@ from training.config import ArchitectureConfig
 RESIDUAL_OUTPUTS = ("attn1.to_out.0", "attn2.to_out.0", "ffn.net.2")
 
 
-def check_architecture(loaded: dict, arch: ArchitectureConfig) -> None:
-    """A fine-tuned model keeps its shape; only its depth may grow. Fails naming the first field that differs."""
-    fields = {"patch": tuple(loaded["patch_size"])[1], "heads": loaded["num_attention_heads"],
-              "head_dim": loaded["attention_head_dim"], "ffn_dim": loaded["ffn_dim"]}
-    for name, value in fields.items():
+def check_architecture(loaded: dict, arch: ArchitectureConfig) -> int:
+    """A fine-tuned model keeps its patch and head size; it may grow deeper, and wider by one whole factor of
+    its heads and FFN channels. Returns that factor; fails naming the first field that does not fit."""
+    for name, value in {"patch": tuple(loaded["patch_size"])[1], "head_dim": loaded["attention_head_dim"]}.items():
         if getattr(arch, name) != value:
             raise UserError(f"init_from has architecture.{name}={value} but the config asks for "
-                            f"{getattr(arch, name)}; only architecture.layers may differ (to deepen the model)")
+                            f"{getattr(arch, name)}; only layers, heads and ffn_dim may grow")
+    heads, ffn = loaded["num_attention_heads"], loaded["ffn_dim"]
+    factor = arch.heads // heads
+    if arch.heads % heads or factor < 1 or arch.ffn_dim != ffn * factor:
+        raise UserError(f"init_from has {heads} heads and ffn_dim={ffn}; architecture.heads and ffn_dim must be "
+                        f"the same whole multiple of those (got {arch.heads} and {arch.ffn_dim})")
     if arch.layers < loaded["num_layers"]:
         raise UserError(f"init_from has {loaded['num_layers']} layers; architecture.layers={arch.layers} "
                         "would drop some (a model can only be deepened)")
+    return factor
 
 
 def new_block_positions(old: int, new: int) -> list[int]:

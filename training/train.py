@@ -21,6 +21,7 @@ from training.config import TrainConfig
 from training.deepen import check_architecture, deepen
 from training.own_context import own_context
 from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
+from training.widen import widen
 from training.world import World, random_scene
 
 STATE_FILE = "training_state.pt"
@@ -32,8 +33,8 @@ def build_transformer(config: TrainConfig, text_dim: int):
     arch = config.architecture
     if config.init_from:
         model = SkyReelsV2Transformer3DModel.from_pretrained(config.init_from, subfolder="transformer")
-        check_architecture(model.config, arch)
-        return deepen(model, arch.layers)
+        factor = check_architecture(model.config, arch)
+        return deepen(widen(model, factor, torch.Generator().manual_seed(config.seed)), arch.layers)
     return SkyReelsV2Transformer3DModel(
         patch_size=(1, arch.patch, arch.patch), num_attention_heads=arch.heads, attention_head_dim=arch.head_dim,
         in_channels=3, out_channels=3, text_dim=text_dim, freq_dim=64, ffn_dim=arch.ffn_dim, num_layers=arch.layers,

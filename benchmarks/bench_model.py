@@ -1,4 +1,4 @@
-"""The benchmark model: a randomly initialised SkyReels-V2 transformer of the embedded model's size class."""
+"""The benchmark model: a randomly initialised SkyReels-V2 transformer of the embedded model's kind, smaller."""
 
 from __future__ import annotations
 

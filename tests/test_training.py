@@ -5,6 +5,7 @@ from diffusers import SkyReelsV2Transformer3DModel
 
 from orchestrator.config import ScheduleConfig
 from orchestrator.schedule import Geometry, sigma_of
+from tests.tiny_models import tiny_transformer
 from training.config import load_train_config
 from training.own_context import own_context
 from training.recipe import OFFSET_SCALE, WindowShape, training_sigmas, window_shape
@@ -55,9 +56,7 @@ def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):
 
 
 def test_own_context_is_the_models_estimate_of_a_noised_copy():
-    model = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3,
-        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=64)
+    model = tiny_transformer(3, 16)
     context = torch.rand(4, 3, 2, 8, 8) * 2 - 1  # [B, 3, F, H, W]
     text = torch.randn(4, 5, 16)  # [B, L, D]
     same = own_context(model, context, text, share=0.0, max_sigma=0.5, generator=torch.Generator().manual_seed(0))

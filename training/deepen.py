@@ -1,4 +1,5 @@
-"""Deepens a trained transformer with identity blocks, so fine-tuning starts from exactly what it already does."""
+"""Deepens a trained transformer with identity blocks, so fine-tuning starts from exactly what it already does;
+and checks which shape changes fine-tuning allows."""
 
 from __future__ import annotations
 

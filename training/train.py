@@ -72,11 +72,15 @@ def sample_batch(config: TrainConfig, geometry: Geometry, shape: WindowShape, rn
     return torch.stack(clips), captions
 
 
+def context_frames(geometry: Geometry, shape: WindowShape) -> int:
+    """Frames of clean context at the front of a training sample."""
+    return geometry.context * geometry.chunk if shape.context else 0
+
+
 def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Tensor) -> torch.Tensor:
     """Per-frame levels [B, F]: zeros for the context, each noisy chunk's level repeated over its frames."""
     noisy = chunk_sigmas.repeat_interleave(geometry.chunk, dim=1)  # [B, P*C]
-    context = geometry.context * geometry.chunk if shape.context else 0
-    return torch.cat([noisy.new_zeros(noisy.shape[0], context), noisy], dim=1)
+    return torch.cat([noisy.new_zeros(noisy.shape[0], context_frames(geometry, shape)), noisy], dim=1)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -121,8 +125,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         text[drop] = empty
         sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, len(texts), generator))  # [B, F]
         x, target = noisy_inputs(clean, sigmas, generator)
-        if shape.context and config.data.own_context > 0:
-            context = geometry.context * geometry.chunk
+        if (context := context_frames(geometry, shape)) and config.data.own_context > 0:
             x[:, :, :context] = own_context(model, clean[:, :, :context], text, config.data.own_context,
                                             config.data.own_context_sigma, generator)
         prediction = model(hidden_states=x, timestep=sigmas * TRAIN_TIMESTEPS, encoder_hidden_states=text,

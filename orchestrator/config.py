@@ -113,6 +113,9 @@ class OutputConfig:
     """Optional Arrow IPC file receiving every latent frame (frame index, prompt, tensor)."""
     crf: int = 18
     """x264 constant rate factor (0 = lossless, 51 = worst)."""
+    scale: int = 1
+    """Enlarge every frame this many times (nearest neighbour, each pixel a scale x scale block) in the MP4 and
+    the live stream, so that a small model's video can be watched; latents are not affected."""
 
 
 @dataclass
@@ -313,6 +316,10 @@ def validate(config: Config) -> None:
         raise UserError(f"metrics.port must be in 0..65535, got {config.metrics.port}")
     if not config.prompts:
         raise UserError("at least one prompt is required")
+    if not 0 <= config.output.crf <= 51:
+        raise UserError(f"output.crf must be in 0..51, got {config.output.crf}")
+    if not 1 <= config.output.scale <= 64:
+        raise UserError(f"output.scale must be in 1..64, got {config.output.scale}")
     ckpt = config.checkpoint
     if ckpt.every_shifts < 0 or ckpt.every_seconds < 0 or ckpt.keep < 1:
         raise UserError("checkpoint.every_shifts and every_seconds must be >= 0, checkpoint.keep >= 1")
@@ -324,11 +331,14 @@ VIDEO_KEYS = ("model", "schedule", "seed", "prompts", "seconds", "fps", "init_la
 
 
 def video_identity(config: Config) -> dict[str, Any]:
-    """The flattened settings a video is a pure function of; the partition counts unless halo is 'all'."""
+    """The flattened settings a video is a pure function of; the partition counts unless halo is 'all', the
+    output scale unless it is 1 (the frames already written have that size)."""
     plain = OmegaConf.to_container(OmegaConf.structured(config))
     identity = {key: plain[key] for key in VIDEO_KEYS}
     if config.pipeline.halo != "all":
         identity["pipeline"] = {"stages": max(config.pipeline.stages, 1), "halo": config.pipeline.halo}
+    if config.output.scale != 1:
+        identity["output"] = {"scale": config.output.scale}
     return _flatten(identity)
 
 

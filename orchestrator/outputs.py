@@ -26,6 +26,13 @@ def check_writable(path: Path, what: str) -> None:
         raise UserError(f"{what} '{path}': folder '{folder}' is not writable")
 
 
+def enlarge(frames: torch.Tensor, scale: int) -> torch.Tensor:
+    """[f, H, W, 3] -> [f, H*scale, W*scale, 3]: every pixel becomes a scale x scale block."""
+    if scale == 1:
+        return frames
+    return frames.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+
+
 class Mp4Writer:
     """Appends uint8 RGB frames [f, H, W, 3] to an H.264 MP4 (yuv420p)."""
 

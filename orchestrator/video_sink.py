@@ -12,7 +12,7 @@ import torch
 from actors.backends.base import Codec
 from orchestrator import segments
 from orchestrator.config import Config, to_yaml
-from orchestrator.outputs import AtomicFiles, LatentsWriter, Mp4Writer
+from orchestrator.outputs import AtomicFiles, LatentsWriter, Mp4Writer, enlarge
 from orchestrator.prompts import ChunkPrompts
 
 
@@ -77,7 +77,7 @@ class VideoSink:
         if self.latents is not None:
             self.latents.write(latents, self.prompts.of(m))
         rgb = self.decoder.decode(latents)[: self.size.frames - self.frames]  # [f, H, W, 3]
-        self.mp4.write(rgb)
+        self.mp4.write(enlarge(rgb, self.config.output.scale))  # [f, H*scale, W*scale, 3]
         first, self.frames, self.latent_frames = self.frames, self.frames + len(rgb), self.latent_frames + keep
         with self.changed:
             self.recent.extend((first + i, frame) for i, frame in enumerate(rgb))
@@ -87,8 +87,9 @@ class VideoSink:
     def _open_segments(self, latents: torch.Tensor) -> None:
         self.segment_start = (self.frames, self.latent_frames)
         config = self.config
-        self.mp4 = Mp4Writer(self.workdir / segments.open_name("seg", self.frames), config.fps, config.model.width,
-                             config.model.height, config.output.crf)
+        scale = config.output.scale
+        self.mp4 = Mp4Writer(self.workdir / segments.open_name("seg", self.frames), config.fps,
+                             config.model.width * scale, config.model.height * scale, config.output.crf)
         if config.output.latents_out:
             frame_shape = (latents.shape[0], *latents.shape[2:])
             self.latents = LatentsWriter(self.workdir / segments.open_name("lat", self.latent_frames), frame_shape,
@@ -113,8 +114,9 @@ class VideoSink:
         return SinkState(self.frames, self.latent_frames, self.next_chunk, self.decoder.state())
 
     def frames_since(self, index: int, timeout: float = 0.0) -> tuple[list[tuple[int, torch.Tensor]], bool]:
-        """Frames with index >= `index` still in the buffer (waiting up to `timeout` for one), and whether
-        the video is complete. A subscriber that fell further behind than the buffer sees a gap in indices."""
+        """Frames [H, W, 3] (model size, not enlarged) with index >= `index` still in the buffer (waiting up
+        to `timeout` for one), and whether the video is complete. A subscriber that fell further behind than the
+        buffer sees a gap in indices."""
         with self.changed:
             self.changed.wait_for(lambda: self.done or (self.recent and self.recent[-1][0] >= index), timeout)
             return [(i, f) for i, f in self.recent if i >= index], self.done

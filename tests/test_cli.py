@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
+import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import probe_mp4
@@ -29,6 +31,20 @@ def test_gaussian_video_has_exact_frame_count_and_saved_config(tmp_path):
     assert table.column("frame").to_pylist() == list(range(33))
     assert read_latents(tmp_path / "l.arrow").shape == (3, 33, 16, 16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.arrow", "video.config.yaml", "video.mp4"]
+
+
+def test_scale_enlarges_the_mp4_into_pixel_blocks_and_leaves_the_latents(tmp_path):
+    plain, big = tmp_path / "plain.arrow", tmp_path / "big.arrow"
+    generate(tmp_path, "--seconds", "1", "--latents-out", str(plain), name="plain.mp4")
+    out = generate(tmp_path, "--seconds", "1", "--latents-out", str(big), "output.scale=4", "output.crf=0",
+                   name="big.mp4")
+    assert plain.read_bytes() == big.read_bytes()
+    assert probe_mp4(out) == (8, 64, 64, "h264")
+    with av.open(str(out)) as container:  # lossless (crf 0) luma: the plane before chroma is subsampled
+        luma = np.stack([f.to_ndarray()[:64] for f in container.decode(video=0)]).astype(int)  # [8, 64, 64]
+    blocks = luma.reshape(8, 16, 4, 16, 4)  # [f, y, 4, x, 4]
+    assert (blocks.max(axis=(2, 4)) == blocks.min(axis=(2, 4))).all()  # every pixel became a 4x4 block
+    assert luma.std() > 10  # of a real picture, not one flat colour
 
 
 def test_same_seed_same_latents_other_seed_differs(tmp_path):
@@ -60,6 +76,8 @@ def test_init_latents_continue_a_video(tmp_path):
         (["--prompt", "5:late start"], "first prompt must start at 0"),
         (["pipeline.stages=9"], "exceeds the 6 noisy chunks"),
         (["--init-latents", "/nonexistent/clip.arrow"], "does not exist"),
+        (["output.scale=0"], "output.scale must be in 1..64"),
+        (["output.crf=52"], "output.crf must be in 0..51"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, message):

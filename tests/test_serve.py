@@ -31,6 +31,12 @@ def decoded_frames(data: bytes) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
+def frame_size(data: bytes) -> str:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        return f"{stream.width}x{stream.height}"
+
+
 def poll(client, video):
     while video.status in ("queued", "in_progress"):
         time.sleep(0.3)
@@ -41,7 +47,7 @@ def poll(client, video):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_openai_client_creates_downloads_extends_lists_and_deletes(client, server):
     video = client.videos.create(prompt="a red circle bouncing", seconds="4")
-    assert video.status in ("queued", "in_progress") and video.size == "32x32" and video.model == "tiny"
+    assert video.status in ("queued", "in_progress") and video.size == "256x256" and video.model == "tiny"
     video = poll(client, video)
     assert video.status == "completed" and video.progress == 100 and video.seconds == "4"
     content = client.videos.download_content(video.id).read()
@@ -83,6 +89,7 @@ def test_stream_plays_before_the_video_is_complete(server):
                                                     headers=server.headers).json()["status"]
     assert status_when_playable == "in_progress"  # 2 s of decodable video before the end
     assert decoded_frames(bytes(received)) == 40 * FPS  # and the whole video once it completed
+    assert frame_size(bytes(received)) == created["size"] == "256x256"  # live frames enlarged like the file's
     assert server.wait_status(created["id"])["status"] == "completed"
 
 

@@ -60,7 +60,8 @@ class VideoService:
         self.config, self.model = config, model
         self.root = Path(config.run.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.size = f"{config.model.width}x{config.model.height}"
+        scale = config.output.scale
+        self.size = f"{config.model.width * scale}x{config.model.height * scale}"
         self.queue = JobQueue()
         self.live: dict[str, StreamJob] = {}  # queued or running
         self.lock = threading.Lock()

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+
+from orchestrator.outputs import enlarge
 
 
 class _Collected(io.RawIOBase):
@@ -99,7 +102,8 @@ async def live_video(service, video_id: str, poll: float = 0.2) -> AsyncIterator
         while True:
             frames, done = await service.frames_since(video_id, index)
             if frames:
-                yield await asyncio.to_thread(encoder.add, [frame.numpy() for _, frame in frames])
+                live = enlarge(torch.stack([frame for _, frame in frames]), service.config.output.scale)
+                yield await asyncio.to_thread(encoder.add, list(live.numpy()))
                 index = frames[-1][0] + 1
             if done:
                 break

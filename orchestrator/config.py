@@ -274,6 +274,9 @@ def model_layer(model: str) -> DictConfig:
     )
 
 
+MAX_FRAME_SIDE = 8192  # pixels: the widest frames of H.264's largest levels
+
+
 def validate(config: Config) -> None:
     """Check values that types alone cannot; raise UserError naming the key."""
     sched = config.schedule
@@ -318,8 +321,10 @@ def validate(config: Config) -> None:
         raise UserError("at least one prompt is required")
     if not 0 <= config.output.crf <= 51:
         raise UserError(f"output.crf must be in 0..51, got {config.output.crf}")
-    if not 1 <= config.output.scale <= 64:
-        raise UserError(f"output.scale must be in 1..64, got {config.output.scale}")
+    scale, model = config.output.scale, config.model
+    if scale < 1 or max(model.width, model.height) * scale > MAX_FRAME_SIDE:
+        raise UserError(f"output.scale must be >= 1 and keep frames within {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE} pixels, "
+                        f"got {scale} ({model.width * scale}x{model.height * scale})")
     ckpt = config.checkpoint
     if ckpt.every_shifts < 0 or ckpt.every_seconds < 0 or ckpt.keep < 1:
         raise UserError("checkpoint.every_shifts and every_seconds must be >= 0, checkpoint.keep >= 1")

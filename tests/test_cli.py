@@ -76,7 +76,8 @@ def test_init_latents_continue_a_video(tmp_path):
         (["--prompt", "5:late start"], "first prompt must start at 0"),
         (["pipeline.stages=9"], "exceeds the 6 noisy chunks"),
         (["--init-latents", "/nonexistent/clip.arrow"], "does not exist"),
-        (["output.scale=0"], "output.scale must be in 1..64"),
+        (["output.scale=0"], "output.scale must be >= 1"),
+        (["output.scale=600"], "within 8192x8192 pixels, got 600 (9600x9600)"),
         (["output.crf=52"], "output.crf must be in 0..51"),
     ],
 )

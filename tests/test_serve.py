@@ -2,6 +2,8 @@
 
 import concurrent.futures
 import io
+import json
+import shutil
 import time
 
 import av
@@ -131,6 +133,16 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
     extension = requests.post(f"{url}/extensions", headers=auth, json={"prompt": "a", "seconds": 4,
                                                                        "video": {"id": "../../etc"}})
     assert extension.status_code == 404
+    # a video this service made before its frame size changed (output.scale) cannot be continued in one file
+    old = "video_" + "a" * 32
+    (server.root / old).mkdir()
+    (server.root / old / "video.json").write_text(json.dumps({
+        "id": old, "created_at": 1, "prompt": "a red circle", "seconds": 4, "total_seconds": 4, "size": "32x32",
+        "model": "tiny", "seed": 0, "completed_at": 2}))
+    extension = requests.post(f"{url}/extensions", headers=auth, json={"prompt": "a", "seconds": 4,
+                                                                       "video": {"id": old}})
+    assert extension.status_code == 400 and "is 32x32" in extension.json()["error"]["message"]
+    shutil.rmtree(server.root / old)
     assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"
 
 

@@ -160,6 +160,9 @@ class VideoService:
             parent = self.record(request.extends)
             if parent.completed_at is None:
                 raise ApiError(400, "only a completed video can be extended", "video")
+            if parent.size != self.size:
+                raise ApiError(400, f"video {parent.id} is {parent.size}; this service makes {self.size} and cannot "
+                                    "continue it in one file", "video")
             total += parent.total_seconds
             if total > self.config.serve.max_total_seconds:
                 raise ApiError(400, f"the extended video would last {total:g} s, more than "

@@ -56,6 +56,10 @@ class FragmentedMp4:
                 self.container.mux(packet)
         return self.sink.drain()
 
+    def add_enlarged(self, frames: list[torch.Tensor], scale: int) -> bytes:
+        """Encode uint8 [h, w, 3] frames, each pixel enlarged to a scale x scale block."""
+        return self.add([enlarge(frame[None], scale)[0].numpy() for frame in frames])
+
     def close(self) -> bytes:
         for packet in self.stream.encode():
             self.container.mux(packet)
@@ -91,6 +95,7 @@ async def live_video(service, video_id: str, poll: float = 0.2) -> AsyncIterator
     ends when the video completes or fails."""
     record = service.record(video_id)
     width, height = (int(n) for n in record.size.split("x"))
+    scale = width // service.config.model.width  # the video's own, even if the service's setting changed since
     encoder = FragmentedMp4(service.config.fps, width, height)
     try:
         before = 0
@@ -102,8 +107,7 @@ async def live_video(service, video_id: str, poll: float = 0.2) -> AsyncIterator
         while True:
             frames, done = await service.frames_since(video_id, index)
             if frames:
-                live = enlarge(torch.stack([frame for _, frame in frames]), service.config.output.scale)
-                yield await asyncio.to_thread(encoder.add, list(live.numpy()))
+                yield await asyncio.to_thread(encoder.add_enlarged, [frame for _, frame in frames], scale)
                 index = frames[-1][0] + 1
             if done:
                 break

@@ -1,6 +1,6 @@
 """Continuous batching: aggregate frames/s with 1, 2 and 4 concurrent streams through one pipeline.
 
-    python -m benchmarks.streams [--seconds 20] [--repeats 3] [--streams 1 2 4] [--threads 2]
+    python -m benchmarks.streams [--seconds 20] [--repeats 3] [--streams 1 2 4] [--threads 2] [KEY=VALUE ...]
 
 Every run starts the given number of videos (the embedded tiny model, different seeds) together on one
 already-built pipeline (one stage) with pipeline.max_streams equal to that number, and times them until the
@@ -51,10 +51,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output.scale=1")
     args = parser.parse_args()
     base = load_config([], [f"seconds={args.seconds}", "metrics.port=0", "pipeline.stages=1",
                             f"pipeline.threads={args.threads}", "pipeline.num_cpus=1",
-                            "checkpoint.every_shifts=20"], model="tiny")
+                            "checkpoint.every_shifts=20", *args.overrides], model="tiny")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         rates = {}

@@ -277,6 +277,11 @@ def model_layer(model: str) -> DictConfig:
 MAX_FRAME_SIDE = 8192  # pixels: the widest frames of H.264's largest levels
 
 
+def written_frame_size(config: Config) -> tuple[int, int]:
+    """(width, height) of the frames in the MP4 and the live stream: the model's, times output.scale."""
+    return config.model.width * config.output.scale, config.model.height * config.output.scale
+
+
 def validate(config: Config) -> None:
     """Check values that types alone cannot; raise UserError naming the key."""
     sched = config.schedule
@@ -321,10 +326,10 @@ def validate(config: Config) -> None:
         raise UserError("at least one prompt is required")
     if not 0 <= config.output.crf <= 51:
         raise UserError(f"output.crf must be in 0..51, got {config.output.crf}")
-    scale, model = config.output.scale, config.model
-    if scale < 1 or max(model.width, model.height) * scale > MAX_FRAME_SIDE:
+    width, height = written_frame_size(config)
+    if config.output.scale < 1 or max(width, height) > MAX_FRAME_SIDE:
         raise UserError(f"output.scale must be >= 1 and keep frames within {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE} pixels, "
-                        f"got {scale} ({model.width * scale}x{model.height * scale})")
+                        f"got {config.output.scale} ({width}x{height})")
     ckpt = config.checkpoint
     if ckpt.every_shifts < 0 or ckpt.every_seconds < 0 or ckpt.keep < 1:
         raise UserError("checkpoint.every_shifts and every_seconds must be >= 0, checkpoint.keep >= 1")

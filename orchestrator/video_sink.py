@@ -11,7 +11,7 @@ import torch
 
 from actors.backends.base import Codec
 from orchestrator import segments
-from orchestrator.config import Config, to_yaml
+from orchestrator.config import Config, to_yaml, written_frame_size
 from orchestrator.outputs import AtomicFiles, LatentsWriter, Mp4Writer, enlarge
 from orchestrator.prompts import ChunkPrompts
 
@@ -87,9 +87,8 @@ class VideoSink:
     def _open_segments(self, latents: torch.Tensor) -> None:
         self.segment_start = (self.frames, self.latent_frames)
         config = self.config
-        scale = config.output.scale
         self.mp4 = Mp4Writer(self.workdir / segments.open_name("seg", self.frames), config.fps,
-                             config.model.width * scale, config.model.height * scale, config.output.crf)
+                             *written_frame_size(config), config.output.crf)
         if config.output.latents_out:
             frame_shape = (latents.shape[0], *latents.shape[2:])
             self.latents = LatentsWriter(self.workdir / segments.open_name("lat", self.latent_frames), frame_shape,

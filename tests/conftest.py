@@ -1,5 +1,6 @@
 """Shared fixtures: tiny model folders built once per session, and a helper to read MP4s back."""
 
+import io
 from pathlib import Path
 
 import av
@@ -26,9 +27,9 @@ def tiny_vae_model(tmp_path_factory) -> Path:
     return make_tiny_skyreels(tmp_path_factory.mktemp("models") / "vae", vae=True, folder_text_encoder=True)
 
 
-def probe_mp4(path: Path) -> tuple[int, int, int, str]:
-    """(decoded frames, width, height, codec) of an MP4, read back with PyAV."""
-    with av.open(str(path)) as container:
+def probe_mp4(source: Path | bytes) -> tuple[int, int, int, str]:
+    """(decoded frames, width, height, codec) of an MP4 file or its bytes, read back with PyAV."""
+    with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
         stream = container.streams.video[0]
         frames = sum(1 for _ in container.decode(stream))
         return frames, stream.width, stream.height, stream.codec_context.name

@@ -10,6 +10,7 @@ import av
 import openai
 import pytest
 import requests
+from conftest import probe_mp4
 from serving import API_KEY, Server
 
 FPS = 8
@@ -31,12 +32,6 @@ def client(server):
 def decoded_frames(data: bytes) -> int:
     with av.open(io.BytesIO(data)) as container:
         return sum(1 for _ in container.decode(video=0))
-
-
-def frame_size(data: bytes) -> str:
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        return f"{stream.width}x{stream.height}"
 
 
 def poll(client, video):
@@ -91,7 +86,7 @@ def test_stream_plays_before_the_video_is_complete(server):
                                                     headers=server.headers).json()["status"]
     assert status_when_playable == "in_progress"  # 2 s of decodable video before the end
     assert decoded_frames(bytes(received)) == 40 * FPS  # and the whole video once it completed
-    assert frame_size(bytes(received)) == created["size"] == "256x256"  # live frames enlarged like the file's
+    assert "{}x{}".format(*probe_mp4(bytes(received))[1:3]) == created["size"] == "256x256"  # enlarged like the file
     assert server.wait_status(created["id"])["status"] == "completed"
 
 

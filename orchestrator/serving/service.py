@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator import segments
 from orchestrator.atomic import partial_path, write_text_atomic
-from orchestrator.config import Config
+from orchestrator.config import Config, written_frame_size
 from orchestrator.engine import JobQueue, StreamJob, conclude
 from orchestrator.errors import UserError, one_line
 from orchestrator.metrics import PipelineMetrics
@@ -60,8 +60,8 @@ class VideoService:
         self.config, self.model = config, model
         self.root = Path(config.run.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        scale = config.output.scale
-        self.size = f"{config.model.width * scale}x{config.model.height * scale}"
+        width, height = written_frame_size(config)
+        self.size = f"{width}x{height}"
         self.queue = JobQueue()
         self.live: dict[str, StreamJob] = {}  # queued or running
         self.lock = threading.Lock()

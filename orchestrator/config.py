@@ -32,6 +32,9 @@ class ScheduleConfig:
     """K: clean context chunks kept at the window front."""
     shift: float = 3.7
     """r: time shift of the level grid, sigma(u) = r*u / (1 + (r-1)*u)."""
+    context_level: int = 0
+    """Level l at which the context chunks are shown to the model, re-noised to sigma_l with fresh noise every
+    call; 0 = clean, as in the paper. For models trained with noisy context (training data.context_noise)."""
 
 
 @dataclass
@@ -299,6 +302,8 @@ def validate(config: Config) -> None:
         raise UserError(f"schedule.context_chunks must be >= 0, got {sched.context_chunks}")
     if sched.shift <= 0:
         raise UserError(f"schedule.shift must be > 0, got {sched.shift}")
+    if not 0 <= sched.context_level < sched.steps:
+        raise UserError(f"schedule.context_level must be in 0..steps-1 ({sched.steps - 1}), got {sched.context_level}")
     if not config.seconds > 0:
         raise UserError(f"seconds must be > 0, got {config.seconds}")
     if not config.fps > 0:
@@ -342,9 +347,12 @@ VIDEO_KEYS = ("model", "schedule", "seed", "prompts", "seconds", "fps", "init_la
 
 def video_identity(config: Config) -> dict[str, Any]:
     """The flattened settings a video is a pure function of; the partition counts unless halo is 'all', the
-    output scale unless it is 1 (the frames already written have that size)."""
+    output scale unless it is 1 (the frames already written have that size); the context level unless it is 0
+    (so that runs from before the setting keep their hash)."""
     plain = OmegaConf.to_container(OmegaConf.structured(config))
     identity = {key: plain[key] for key in VIDEO_KEYS}
+    if not config.schedule.context_level:
+        del identity["schedule"]["context_level"]
     if config.pipeline.halo != "all":
         identity["pipeline"] = {"stages": max(config.pipeline.stages, 1), "halo": config.pipeline.halo}
     if config.output.scale != 1:

@@ -36,7 +36,7 @@ class NoiseSource:
         return self._draw(0, m)
 
     def renoise(self, tick: int, m: int) -> torch.Tensor:
-        """Noise that re-noises context chunk m in one tick (replace_noise only)."""
+        """Noise that re-noises context chunk m in one tick (replace_noise, schedule.context_level)."""
         return self._draw(1, tick, m)
 
 
@@ -49,7 +49,7 @@ def band_inputs(
     tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource, sigmas: torch.Tensor
 ) -> tuple[list[torch.Tensor], list[float], list[tuple[int, float]]]:
     """What one band's call reads: the slice's chunk tensors and sigmas (oldest first), and for every chunk
-    it updates, (slot in the slice, target sigma). Context at a level > 0 is re-noised (replace_noise)."""
+    it updates, (slot in the slice, target sigma). Context at a level > 0 is re-noised with fresh noise."""
     entries = [(c.chunk, c.level, True) for c in tick.context] + [(u.chunk, u.level_before, False) for u in tick.noisy]
     tensors, levels = [], []
     for chunk, level, is_context in entries[view.start : view.stop]:

@@ -21,6 +21,7 @@ class Geometry:
     steps: int  # S: updates every chunk receives
     context: int  # K: clean context chunks at the window front
     shift: float  # r: time shift of the level grid
+    context_level: int = 0  # level the context is shown at (re-noised every call); 0 = clean
 
     @property
     def substeps(self) -> int:
@@ -31,8 +32,8 @@ class Geometry:
     def from_config(cls, cfg: ScheduleConfig) -> Geometry:
         """fifo is progressive with one-frame chunks and one step per shift: C = 1, N = S."""
         if cfg.kind == "fifo":
-            return cls("fifo", 1, cfg.steps, cfg.steps, cfg.context_chunks, cfg.shift)
-        return cls(cfg.kind, cfg.chunk, cfg.noisy_chunks, cfg.steps, cfg.context_chunks, cfg.shift)
+            return cls("fifo", 1, cfg.steps, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level)
+        return cls(cfg.kind, cfg.chunk, cfg.noisy_chunks, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level)
 
 
 def sigma_of(u: torch.Tensor | float, shift: float) -> torch.Tensor | float:
@@ -58,7 +59,8 @@ class ChunkUpdate:
 
 @dataclass(frozen=True)
 class ContextChunk:
-    """A finished chunk shown to the model but never updated; level > 0 means it is re-noised (replace_noise)."""
+    """A finished chunk shown to the model but never updated; level > 0 means it is re-noised every call
+    (replace_noise, or schedule.context_level)."""
 
     chunk: int  # negative ids are chunks of the initial clip, -1 being its last
     level: int
@@ -125,7 +127,7 @@ def _progressive_ticks(g: Geometry, num_chunks: int, init_chunks: int) -> Iterat
                 index=index,
                 shift=shift,
                 substep=k,
-                context=tuple(ContextChunk(c, 0) for c in context),
+                context=tuple(ContextChunk(c, g.context_level) for c in context),
                 noisy=noisy,
                 entering=(shift,) if k == 0 and shift < num_chunks else (),
                 finished=done if k == s - 1 else (),
@@ -147,7 +149,7 @@ def _block_ticks(g: Geometry, num_chunks: int, init_chunks: int) -> Iterator[Tic
         members = tuple(range(start, min(start + g.noisy, num_chunks)))
         for i in range(g.steps):
             level = g.steps - i
-            context_level = level if g.kind == "replace_noise" else 0
+            context_level = level if g.kind == "replace_noise" else g.context_level
             yield Tick(
                 index=index,
                 shift=block,

@@ -35,6 +35,15 @@ def test_halo_all_is_exact_pavdm_for_every_partition(stages):
     assert torch.equal(plain, banded)
 
 
+def test_a_noisy_context_changes_the_video_and_every_partition_still_agrees():
+    """schedule.context_level: the context is re-noised with fresh noise every call, the same in every band."""
+    clean = torch.cat(run(), dim=1)
+    noisy = torch.cat(run(context_level=1), dim=1)
+    banded = torch.cat(run(partition=Partition(3, None), context_level=1), dim=1)
+    assert not torch.equal(clean, noisy) and torch.equal(noisy, banded)
+    assert 0.3 < noisy.var().item() < 1.5
+
+
 def test_small_halo_is_a_different_but_valid_sampler():
     plain = torch.cat(run(), dim=1)
     fifo_like = torch.cat(run(partition=Partition(2, 0)), dim=1)

@@ -10,10 +10,11 @@ from orchestrator.partition import Partition, band_views
 from orchestrator.schedule import Geometry, chunks_for_frames, level_sigmas, ticks, total_ticks
 
 geometries = st.builds(
-    lambda kind, c, n, s, k, r: Geometry(kind, 1 if kind == "fifo" else c, n * s if kind == "fifo" else n,
-                                         n * s, k, r),
+    lambda kind, c, n, s, k, r, lc: Geometry(kind, 1 if kind == "fifo" else c, n * s if kind == "fifo" else n,
+                                             n * s, k, r, min(lc, n * s - 1)),
     st.sampled_from(["progressive", "fifo", "chunked", "replace_noise"]),
     st.integers(1, 6), st.integers(1, 7), st.integers(1, 5), st.integers(0, 3), st.floats(0.5, 8.0),
+    st.sampled_from([0, 0, 1, 2]),
 )
 
 
@@ -42,10 +43,12 @@ def test_window_levels_increase_oldest_to_newest(g, num_chunks):
         assert all(0 <= lv <= g.steps for lv in levels)
         if g.kind in ("progressive", "fifo"):
             assert all(b - a == g.substeps for a, b in zip(noisy, noisy[1:], strict=False))
-            assert all(c.level == 0 for c in tick.context)
+            assert all(c.level == g.context_level for c in tick.context)
             assert not tick.context or noisy[0] > 0
         else:
             assert len(set(noisy)) == 1
+            context_level = noisy[0] if g.kind == "replace_noise" else g.context_level
+            assert all(c.level == context_level for c in tick.context)
         positions = [u.position for u in tick.noisy]
         assert positions == sorted(positions) and len(set(positions)) == len(positions)
 

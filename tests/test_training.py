@@ -1,15 +1,19 @@
 """The progressive recipe: level bookkeeping of training samples, and a micro training run that learns."""
 
+import re
+
+import pytest
 import torch
 from diffusers import SkyReelsV2Transformer3DModel
 
 from orchestrator.config import ScheduleConfig
+from orchestrator.errors import UserError
 from orchestrator.schedule import Geometry, sigma_of
 from tests.tiny_models import tiny_transformer
 from training.config import load_train_config
 from training.own_context import own_context
 from training.recipe import OFFSET_SCALE, WindowShape, training_sigmas, window_shape
-from training.train import train
+from training.train import context_sigmas, frame_sigmas, loss_frames, train
 
 GEOMETRY = Geometry.from_config(ScheduleConfig(chunk=3, noisy_chunks=4, steps=12, context_chunks=1, shift=1.0))
 
@@ -41,6 +45,29 @@ def test_time_shift_is_applied():
     sig = training_sigmas(shifted, WindowShape(0, 3, True), 1, generator)
     u = training_sigmas(GEOMETRY, WindowShape(0, 3, True), 1, torch.Generator().manual_seed(2))
     torch.testing.assert_close(sig, sigma_of(u.double(), 3.0).float())
+
+
+def test_noisy_context_has_one_level_per_sample_and_stays_out_of_the_loss():
+    generator = torch.Generator().manual_seed(3)
+    shape = WindowShape(0, 3, True)
+    noisy = load_train_config([], ["data.context_noise=0.3"])
+    sig = frame_sigmas(GEOMETRY, shape, training_sigmas(GEOMETRY, shape, 500, generator),
+                       context_sigmas(noisy, 500, generator))  # [B, 3 context + 12 noisy frames]
+    context = sig[:, :3]
+    assert (context == context[:, :1]).all() and context.min() >= 0 and context.max() <= 0.3
+    assert context.std() > 0.05  # drawn, not fixed
+    assert not loss_frames(sig, 3)[:, :3].any() and loss_frames(sig, 3)[:, 3:].equal(sig[:, 3:] > 0)
+    assert (context_sigmas(load_train_config([], []), 500, generator) == 0).all()
+
+
+@pytest.mark.parametrize("override, message", [
+    (["data.context_noise=1.5"], "data.context_noise must be in [0, 1]"),
+    (["data.context_noise=0.2", "data.own_context=0.5"], "choose one"),
+    (["schedule.context_level=1"], "train for it with data.context_noise"),
+])
+def test_bad_context_settings_are_named(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_train_config([], override)
 
 
 def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):

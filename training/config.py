@@ -46,6 +46,10 @@ class DataConfig:
     model learns to continue from imperfect frames, as it must at generation time (training/own_context.py)."""
     own_context_sigma: float = 0.5
     """The estimate is made in one step from the context noised to a level drawn uniformly from [0, this]."""
+    context_noise: float = 0.0
+    """Largest level of the noise on the context chunk: each sample's context is noised to a level drawn
+    uniformly from [0, this] and the model is told that level (the context stays out of the loss), so that it
+    can be sampled with a noisy context (schedule.context_level) and learns not to copy its context's flaws."""
 
 
 @dataclass
@@ -95,4 +99,10 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
         raise UserError(f"schedule.steps ({sched.steps}) must be a multiple of schedule.noisy_chunks")
     if config.optim.steps < 1 or config.optim.batch < 1:
         raise UserError("optim.steps and optim.batch must be >= 1")
+    if sched.context_level:
+        raise UserError("schedule.context_level is a sampling setting; train for it with data.context_noise")
+    if not 0 <= config.data.context_noise <= 1:
+        raise UserError(f"data.context_noise must be in [0, 1], got {config.data.context_noise}")
+    if config.data.context_noise and config.data.own_context:
+        raise UserError("data.context_noise and data.own_context are two ways to spoil the context; choose one")
     return config

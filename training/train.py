@@ -77,10 +77,27 @@ def context_frames(geometry: Geometry, shape: WindowShape) -> int:
     return geometry.context * geometry.chunk if shape.context else 0
 
 
-def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Tensor) -> torch.Tensor:
-    """Per-frame levels [B, F]: zeros for the context, each noisy chunk's level repeated over its frames."""
+def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Tensor, context_sigmas: torch.Tensor
+                 ) -> torch.Tensor:
+    """Per-frame levels [B, F]: each sample's context level [B] over the context frames, then each noisy
+    chunk's level [B, P] repeated over its frames."""
     noisy = chunk_sigmas.repeat_interleave(geometry.chunk, dim=1)  # [B, P*C]
-    return torch.cat([noisy.new_zeros(noisy.shape[0], context_frames(geometry, shape)), noisy], dim=1)
+    context = context_sigmas[:, None].expand(-1, context_frames(geometry, shape))  # [B, K*C]
+    return torch.cat([context, noisy], dim=1)
+
+
+def context_sigmas(config: TrainConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Level [B] of each sample's context: uniform in [0, data.context_noise], or clean (drawing nothing)."""
+    if not config.data.context_noise:
+        return torch.zeros(batch)
+    return torch.rand(batch, generator=generator) * config.data.context_noise
+
+
+def loss_frames(sigmas: torch.Tensor, context: int) -> torch.Tensor:
+    """Frames [B, F] the loss scores: the noisy ones above level 0; the context is left out, clean or not."""
+    scored = sigmas > 0
+    scored[:, :context] = False
+    return scored
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -123,15 +140,17 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         text = captions(texts)  # [B, L, D]
         drop = torch.rand(len(texts), generator=generator) < config.data.text_dropout
         text[drop] = empty
-        sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, len(texts), generator))  # [B, F]
+        sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, len(texts), generator),
+                              context_sigmas(config, len(texts), generator))  # [B, F]
         x, target = noisy_inputs(clean, sigmas, generator)
-        if (context := context_frames(geometry, shape)) and config.data.own_context > 0:
+        context = context_frames(geometry, shape)
+        if context and config.data.own_context > 0:
             x[:, :, :context] = own_context(model, clean[:, :, :context], text, config.data.own_context,
                                             config.data.own_context_sigma, generator)
         prediction = model(hidden_states=x, timestep=sigmas * TRAIN_TIMESTEPS, encoder_hidden_states=text,
                            enable_diffusion_forcing=True, return_dict=False)[0]
-        noisy = sigmas > 0  # [B, F]: the clean context is left out of the loss
-        loss = F.mse_loss(prediction.permute(0, 2, 1, 3, 4)[noisy], target.permute(0, 2, 1, 3, 4)[noisy])
+        scored = loss_frames(sigmas, context)  # [B, F]
+        loss = F.mse_loss(prediction.permute(0, 2, 1, 3, 4)[scored], target.permute(0, 2, 1, 3, 4)[scored])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         optimizer.zero_grad(set_to_none=True)

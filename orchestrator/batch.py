@@ -33,7 +33,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt", pa.string()), ("prompts", pa.list_(pa.string())), ("seed", pa.int64()),
     ("frames", pa.int64()), ("seconds", pa.float64()), ("path", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("started_at", pa.float64()), ("finished_at", pa.float64()),
-    ("elapsed_seconds", pa.float64()),
+    ("elapsed_seconds", pa.float64()), ("settings", pa.string()),
 ])
 
 
@@ -53,6 +53,7 @@ class ManifestRow:
     started_at: float | None = None
     finished_at: float | None = None
     elapsed_seconds: float | None = None
+    settings: str = ""  # identity_hash of the row's video settings; empty in manifests from before the column
 
 
 def open_location(uri_or_path: str) -> tuple[fs.FileSystem, str]:
@@ -163,9 +164,10 @@ class Batch:
         if local:
             self.filesystem.move(target, final)
 
-    def done(self, row_id: str) -> bool:
+    def done(self, row_id: str, config: Config) -> bool:
+        """The row's video is finished with these settings (a manifest without them cannot tell: trusted)."""
         row = self.manifest.get(row_id)
-        if row is None or row.status != "completed":
+        if row is None or row.status != "completed" or row.settings not in ("", identity_hash(config)):
             return False
         filesystem, path = open_location(row.path)
         return filesystem.get_file_info(path).type == fs.FileType.File
@@ -210,9 +212,10 @@ def run_batch(base: Config, source: str, out: str, root: str = "runs", progress:
             batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or "")[:2000], status="failed",
                                                  error=one_line(err))
         else:
-            if not batch.done(row_id):
+            if not batch.done(row_id, config):
                 batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or ""), list(config.prompts),
-                                                     config.seed, seconds=config.seconds)
+                                                     config.seed, seconds=config.seconds,
+                                                     settings=identity_hash(config))
                 jobs.append(batch.job(row_id, config))
         seen.add(row_id)
         order.append(row_id)

@@ -1,4 +1,5 @@
-"""`pavdm batch`: one video per row, a manifest, failures recorded per row, reruns that do no work."""
+"""`pavdm batch`: one video per row, a manifest, failures recorded per row, reruns that do no work unless the
+settings changed."""
 
 import csv
 import json
@@ -62,6 +63,17 @@ def test_jsonl_batch_records_the_bad_row_and_a_rerun_does_no_work(tmp_path, monk
         run_batch(config(), str(prompts), str(out), str(tmp_path / "runs"), progress=False)
     assert [(r["id"], r["status"], r["finished_at"]) for r in manifest(out)] == \
         [(r["id"], r["status"], r["finished_at"]) for r in table]
+
+    monkeypatch.undo()  # a rerun with a setting that changes the videos makes them again
+    two = tmp_path / "two.jsonl"
+    write_jsonl(two, rows()[:2])
+    enlarged = config()
+    enlarged.output.scale = 2
+    run_batch(enlarged, str(two), str(out), str(tmp_path / "runs"), progress=False)
+    again = manifest(out)
+    assert [r["id"] for r in again] == ["clip-00", "clip-01"] and {r["status"] for r in again} == {"completed"}
+    assert all(new["finished_at"] > old["finished_at"] for new, old in zip(again, table, strict=False))
+    assert probe_mp4(out / "clip-00.mp4")[:3] == (8, 64, 64)
 
 
 def test_csv_and_parquet_give_the_same_manifest(tmp_path):

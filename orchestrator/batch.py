@@ -150,7 +150,8 @@ class Batch:
                 rows = pq.read_table(stream).to_pylist()
         except (FileNotFoundError, OSError, pa.ArrowException):
             return {}
-        return {row["id"]: ManifestRow(**row) for row in rows}
+        known = {field.name for field in dataclasses.fields(ManifestRow)}  # another version's extra columns: dropped
+        return {row["id"]: ManifestRow(**{k: v for k, v in row.items() if k in known}) for row in rows}
 
     def write_manifest(self) -> None:
         """Written whole after every finished row (one object on object stores, a rename on local disks)."""
@@ -164,10 +165,10 @@ class Batch:
         if local:
             self.filesystem.move(target, final)
 
-    def done(self, row_id: str, config: Config) -> bool:
-        """The row's video is finished with these settings (a manifest without them cannot tell: trusted)."""
+    def done(self, row_id: str, settings: str) -> bool:
+        """The row's video is finished with these settings (a row from before the column cannot tell: trusted)."""
         row = self.manifest.get(row_id)
-        if row is None or row.status != "completed" or row.settings not in ("", identity_hash(config)):
+        if row is None or row.status != "completed" or row.settings not in ("", settings):
             return False
         filesystem, path = open_location(row.path)
         return filesystem.get_file_info(path).type == fs.FileType.File
@@ -212,10 +213,12 @@ def run_batch(base: Config, source: str, out: str, root: str = "runs", progress:
             batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or "")[:2000], status="failed",
                                                  error=one_line(err))
         else:
-            if not batch.done(row_id, config):
+            settings = identity_hash(config)
+            if batch.done(row_id, settings):
+                batch.manifest[row_id].settings = settings  # a row from before the column takes these from now on
+            else:
                 batch.manifest[row_id] = ManifestRow(row_id, str(row.get("prompt") or ""), list(config.prompts),
-                                                     config.seed, seconds=config.seconds,
-                                                     settings=identity_hash(config))
+                                                     config.seed, seconds=config.seconds, settings=settings)
                 jobs.append(batch.job(row_id, config))
         seen.add(row_id)
         order.append(row_id)

@@ -118,7 +118,8 @@ def build_parser() -> Parser:
         description="Generate one video per row of a JSONL, CSV or Parquet prompt list, all rows through one "
                     "pipeline (pipeline.max_streams at once). Columns: prompt (or prompts, a schedule of "
                     '"SECONDS:TEXT" entries; in CSV separated by |), and optionally id, seconds, seed. Writes '
-                    "<id>.mp4 per row and manifest.parquet to --out; a rerun skips finished rows and continues "
+                    "<id>.mp4 per row and manifest.parquet to --out; a rerun skips rows finished with the same "
+                    "settings, makes again those whose settings changed and continues "
                     "interrupted ones from their checkpoints. A bad row fails alone and is recorded in the "
                     "manifest; the exit code is 1 if any row failed.",
     )

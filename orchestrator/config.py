@@ -29,12 +29,13 @@ class ScheduleConfig:
     steps: int = 30
     """S: denoising steps every chunk receives; a multiple of `noisy_chunks`."""
     context_chunks: int = 1
-    """K: clean context chunks kept at the window front."""
+    """K: finished context chunks kept at the window front (shown clean unless context_level > 0)."""
     shift: float = 3.7
     """r: time shift of the level grid, sigma(u) = r*u / (1 + (r-1)*u)."""
     context_level: int = 0
-    """Level l at which the context chunks are shown to the model, re-noised to sigma_l with fresh noise every
-    call; 0 = clean, as in the paper. For models trained with noisy context (training data.context_noise)."""
+    """Level l of the grid at which the context chunks are shown to the model: re-noised to sigma(l/S) (with
+    `shift`) with fresh noise every call; 0 = clean, as in the paper. For models trained with a noisy context
+    (training's data.context_noise, a sigma: keep sigma(l/S) within it). replace_noise re-noises its own."""
 
 
 @dataclass
@@ -304,6 +305,9 @@ def validate(config: Config) -> None:
         raise UserError(f"schedule.shift must be > 0, got {sched.shift}")
     if not 0 <= sched.context_level < sched.steps:
         raise UserError(f"schedule.context_level must be in 0..steps-1 ({sched.steps - 1}), got {sched.context_level}")
+    if sched.context_level and (sched.kind == "replace_noise" or not sched.context_chunks):
+        raise UserError("schedule.context_level needs context chunks and a kind other than replace_noise "
+                        "(which re-noises its context to the new chunks' level)")
     if not config.seconds > 0:
         raise UserError(f"seconds must be > 0, got {config.seconds}")
     if not config.fps > 0:

@@ -52,7 +52,7 @@ def band_views(tick: Tick, partition: Partition, noisy: int) -> list[BandView]:
     """The calls of one tick: one per band that holds a chunk; empty bands (fill, drain) are skipped.
 
     Own chunks plus `halo` chunks on each side; the band holding the oldest position also sees
-    the whole clean context, its older neighbour.
+    the whole context, its older neighbour.
     """
     n_context = len(tick.context)
     length = n_context + len(tick.noisy)

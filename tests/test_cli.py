@@ -80,6 +80,7 @@ def test_init_latents_continue_a_video(tmp_path):
         (["output.scale=600"], "within 8192x8192 pixels, got 600 (9600x9600)"),
         (["output.crf=52"], "output.crf must be in 0..51"),
         (["schedule.context_level=30"], "schedule.context_level must be in 0..steps-1 (29), got 30"),
+        (["schedule.context_level=1", "schedule.kind=replace_noise"], "a kind other than replace_noise"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, message):

@@ -5,9 +5,9 @@ import torch
 
 from actors.backends.gaussian import GaussianProcessBackend
 from orchestrator.config import ModelConfig, ScheduleConfig
-from orchestrator.partition import Partition
-from orchestrator.sampler import NoiseSource, sample
-from orchestrator.schedule import Geometry
+from orchestrator.partition import Partition, band_views
+from orchestrator.sampler import NoiseSource, band_inputs, sample
+from orchestrator.schedule import Geometry, level_sigmas, ticks
 
 BACKEND = GaussianProcessBackend(ModelConfig(channels=2, height=8, width=8, rho=0.8, spectrum_exponent=1.5))
 
@@ -42,6 +42,20 @@ def test_a_noisy_context_changes_the_video_and_every_partition_still_agrees():
     banded = torch.cat(run(partition=Partition(3, None), context_level=1), dim=1)
     assert not torch.equal(clean, noisy) and torch.equal(noisy, banded)
     assert 0.3 < noisy.var().item() < 1.5
+
+
+def test_a_noisy_context_is_fresh_noise_every_call_on_an_untouched_chunk():
+    g = Geometry.from_config(ScheduleConfig(chunk=3, noisy_chunks=4, steps=8, context_level=2))
+    noise, sigmas = NoiseSource(7, (2, 3, 8, 8)), level_sigmas(g.steps, g.shift)
+    first, second = [t for t in ticks(g, 9, init_chunks=1)][:2]
+    view = band_views(first, Partition(1, None), g.noisy)[0]
+    clean = {m: torch.randn(2, 3, 8, 8) for m in (-1, 0, 1, 2, 3)}
+    kept = {m: x.clone() for m, x in clean.items()}
+    shown = [band_inputs(tick, view, clean, noise, sigmas)[0][0] for tick in (first, second)]  # the context
+    sig = float(sigmas[2])
+    torch.testing.assert_close(shown[0], (1 - sig) * clean[-1] + sig * noise.renoise(first.index, -1))
+    assert not torch.equal(shown[0], shown[1])
+    assert all(torch.equal(clean[m], kept[m]) for m in clean)
 
 
 def test_small_halo_is_a_different_but_valid_sampler():

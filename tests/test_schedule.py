@@ -36,7 +36,7 @@ def test_every_chunk_gets_exactly_s_updates_down_to_zero(g, frames, init_chunks)
 
 @settings(max_examples=150, deadline=None)
 @given(geometries, st.integers(1, 60))
-def test_window_levels_increase_oldest_to_newest(g, num_chunks):
+def test_noisy_levels_increase_oldest_to_newest_and_context_sits_at_its_level(g, num_chunks):
     for tick in ticks(g, num_chunks):
         levels = [c.level for c in tick.context] + [u.level_before for u in tick.noisy]
         noisy = [u.level_before for u in tick.noisy]

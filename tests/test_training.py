@@ -56,8 +56,12 @@ def test_noisy_context_has_one_level_per_sample_and_stays_out_of_the_loss():
     context = sig[:, :3]
     assert (context == context[:, :1]).all() and context.min() >= 0 and context.max() <= 0.3
     assert context.std() > 0.05  # drawn, not fixed
-    assert not loss_frames(sig, 3)[:, :3].any() and loss_frames(sig, 3)[:, 3:].equal(sig[:, 3:] > 0)
     assert (context_sigmas(load_train_config([], []), 500, generator) == 0).all()
+
+
+def test_the_loss_leaves_out_the_context_and_level_zero():
+    sig = torch.tensor([[0.2, 0.2, 0.0, 0.5], [0.0, 0.0, 0.3, 0.9]])  # [B, F]: 2 context frames, 2 noisy
+    assert loss_frames(sig, 2).tolist() == [[False, False, False, True], [False, False, True, True]]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -80,6 +84,16 @@ def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):
     assert summary["loss_last_50"] < 0.8 * summary["loss_first_50"]
     model = SkyReelsV2Transformer3DModel.from_pretrained(tmp_path / "model", subfolder="transformer")
     assert model.config.num_layers == 1 and (tmp_path / "model" / "training.json").is_file()
+
+
+def test_training_with_a_noisy_context_runs(tmp_path):
+    config = load_train_config([], [
+        f"out={tmp_path / 'model'}", "optim.steps=4", "optim.batch=2", "optim.warmup=1", "architecture.layers=1",
+        "architecture.heads=2", "architecture.ffn_dim=64", "data.size=16", "data.context_noise=0.3",
+        "data.fill_drain_fraction=0", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
+    ])
+    summary = train(config, progress=False)
+    assert summary["steps"] == 4 and 0 < summary["loss_last_50"] < 10
 
 
 def test_own_context_is_the_models_estimate_of_a_noised_copy():

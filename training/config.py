@@ -47,9 +47,9 @@ class DataConfig:
     own_context_sigma: float = 0.5
     """The estimate is made in one step from the context noised to a level drawn uniformly from [0, this]."""
     context_noise: float = 0.0
-    """Largest level of the noise on the context chunk: each sample's context is noised to a level drawn
-    uniformly from [0, this] and the model is told that level (the context stays out of the loss), so that it
-    can be sampled with a noisy context (schedule.context_level) and learns not to copy its context's flaws."""
+    """Largest noise level sigma on the context chunk: each sample's context is noised to a sigma drawn
+    uniformly from [0, this] and the model is told that sigma (the context stays out of the loss), so that it
+    can be sampled with a noisy context (schedule.context_level, whose sigma should lie within this)."""
 
 
 @dataclass

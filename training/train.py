@@ -77,12 +77,12 @@ def context_frames(geometry: Geometry, shape: WindowShape) -> int:
     return geometry.context * geometry.chunk if shape.context else 0
 
 
-def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Tensor, context_sigmas: torch.Tensor
+def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Tensor, context_sigma: torch.Tensor
                  ) -> torch.Tensor:
     """Per-frame levels [B, F]: each sample's context level [B] over the context frames, then each noisy
     chunk's level [B, P] repeated over its frames."""
     noisy = chunk_sigmas.repeat_interleave(geometry.chunk, dim=1)  # [B, P*C]
-    context = context_sigmas[:, None].expand(-1, context_frames(geometry, shape))  # [B, K*C]
+    context = context_sigma[:, None].expand(-1, context_frames(geometry, shape))  # [B, K*C]
     return torch.cat([context, noisy], dim=1)
 
 

@@ -347,21 +347,24 @@ def validate(config: Config) -> None:
 
 
 VIDEO_KEYS = ("model", "schedule", "seed", "prompts", "seconds", "fps", "init_latents")
+# Settings that change the video but came after runs existed: they count only away from these defaults, so
+# that older runs keep their hash (output.scale: the frames already written have that size).
+LATER_VIDEO_KEYS = {"schedule.context_level": 0, "output.scale": 1}
 
 
 def video_identity(config: Config) -> dict[str, Any]:
     """The flattened settings a video is a pure function of; the partition counts unless halo is 'all', the
-    output scale unless it is 1 (the frames already written have that size); the context level unless it is 0
-    (so that runs from before the setting keep their hash)."""
+    LATER_VIDEO_KEYS unless they hold their defaults."""
     plain = OmegaConf.to_container(OmegaConf.structured(config))
-    identity = {key: plain[key] for key in VIDEO_KEYS}
-    if not config.schedule.context_level:
-        del identity["schedule"]["context_level"]
+    identity = _flatten({key: plain[key] for key in VIDEO_KEYS})
     if config.pipeline.halo != "all":
-        identity["pipeline"] = {"stages": max(config.pipeline.stages, 1), "halo": config.pipeline.halo}
-    if config.output.scale != 1:
-        identity["output"] = {"scale": config.output.scale}
-    return _flatten(identity)
+        identity |= {"pipeline.stages": max(config.pipeline.stages, 1), "pipeline.halo": config.pipeline.halo}
+    for key, default in LATER_VIDEO_KEYS.items():
+        section, name = key.split(".")
+        identity.pop(key, None)
+        if (value := plain[section][name]) != default:
+            identity[key] = value
+    return identity
 
 
 def engine_identity(config: Config) -> dict[str, Any]:

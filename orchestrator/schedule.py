@@ -19,7 +19,7 @@ class Geometry:
     chunk: int  # C: latent frames per chunk
     noisy: int  # N: noisy chunks in the window
     steps: int  # S: updates every chunk receives
-    context: int  # K: clean context chunks at the window front
+    context: int  # K: finished context chunks at the window front
     shift: float  # r: time shift of the level grid
     context_level: int = 0  # level the context is shown at (re-noised every call); 0 = clean
 

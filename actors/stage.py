@@ -13,8 +13,8 @@ from actors.backends.factory import build_backend
 from orchestrator.config import ModelConfig
 from orchestrator.errors import UserError
 from orchestrator.partition import BandView
-from orchestrator.sampler import NoiseSource, denoise_views
-from orchestrator.schedule import Geometry, Tick, level_sigmas
+from orchestrator.sampler import LevelGrid, NoiseSource, denoise_views
+from orchestrator.schedule import Geometry, Tick
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Stage:
     def start(self, stream: str, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> Published:
         """Begin (or resume) a stream holding `chunks`, its band's share of the window; returns them published."""
         shape = (self.backend.latent_shape[0], geometry.chunk, *self.backend.latent_shape[1:])
-        self.sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]; one geometry per pipeline
+        self.grid = LevelGrid.of(geometry)  # one geometry per pipeline
         self.streams[stream] = StreamWindow(NoiseSource(seed, shape), dict(chunks))
         return {stream: dict(chunks)}
 
@@ -116,7 +116,7 @@ class Stage:
             call_started = time.perf_counter()
             bands = [(plans[s].tick, plans[s].view, self.streams[s].store, self.streams[s].noise,
                       self.encodings.get(plans[s].prompt)) for s in calling]
-            updated = denoise_views(self.backend.velocity, self.backend.join_conds, self.sigmas, bands)
+            updated = denoise_views(self.backend.velocity, self.backend.join_conds, self.grid, bands)
             for stream, chunks in zip(calling, updated, strict=True):
                 self.streams[stream].store |= chunks
             call_seconds = time.perf_counter() - call_started

@@ -36,6 +36,10 @@ class ScheduleConfig:
     """Level l of the grid at which the context chunks are shown to the model: re-noised to sigma(l/S) (with
     `shift`) with fresh noise every call; 0 = clean, as in the paper. For models trained with a noisy context
     (training's data.context_noise, a sigma: keep sigma(l/S) within it). replace_noise re-noises its own."""
+    stochasticity: float = 0.0
+    """eta in [0, 1]: every step lands on the model's clean estimate re-noised with sqrt(1 - eta^2) of its noise
+    estimate and eta of fresh noise (seeded by seed, call and chunk); 0 = the deterministic Euler step, 1 = all
+    fresh. Some fresh noise keeps a model's own errors from piling up over a long video."""
 
 
 @dataclass
@@ -308,6 +312,8 @@ def validate(config: Config) -> None:
     if sched.context_level and (sched.kind == "replace_noise" or not sched.context_chunks):
         raise UserError("schedule.context_level needs context chunks and a kind other than replace_noise "
                         "(which re-noises its context to the new chunks' level)")
+    if not 0 <= sched.stochasticity <= 1:
+        raise UserError(f"schedule.stochasticity must be in [0, 1], got {sched.stochasticity}")
     if not config.seconds > 0:
         raise UserError(f"seconds must be > 0, got {config.seconds}")
     if not config.fps > 0:
@@ -349,7 +355,7 @@ def validate(config: Config) -> None:
 VIDEO_KEYS = ("model", "schedule", "seed", "prompts", "seconds", "fps", "init_latents")
 # Settings that change the video but came after runs existed: they count only away from these defaults, so
 # that older runs keep their hash (output.scale: the frames already written have that size).
-LATER_VIDEO_KEYS = {"schedule.context_level": 0, "output.scale": 1}
+LATER_VIDEO_KEYS = {"schedule.context_level": 0, "schedule.stochasticity": 0.0, "output.scale": 1}
 
 
 def video_identity(config: Config) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,28 +40,61 @@ class NoiseSource:
         """Noise that re-noises context chunk m in one tick (replace_noise, schedule.context_level)."""
         return self._draw(1, tick, m)
 
+    def step(self, tick: int, m: int) -> torch.Tensor:
+        """Fresh noise of noisy chunk m's step in one tick (schedule.stochasticity)."""
+        return self._draw(2, tick, m)
 
-def euler_step(x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
-    """x <- x + (sigma' - sigma) * v, the Euler step of the rectified-flow ODE."""
-    return x + (sigma_to - sigma_from) * v
+
+@dataclass(frozen=True)
+class LevelGrid:
+    """How calls move chunks down the levels: the grid's sigmas and the share of fresh noise in each step."""
+
+    sigmas: torch.Tensor  # [S+1] float64
+    stochasticity: float = 0.0  # eta: 0 = the deterministic Euler step
+
+    @classmethod
+    def of(cls, geometry: Geometry) -> LevelGrid:
+        return cls(level_sigmas(geometry.steps, geometry.shift), geometry.stochasticity)
+
+
+def flow_step(
+    x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: float,
+    fresh: torch.Tensor | None = None, stochasticity: float = 0.0,
+) -> torch.Tensor:
+    """One step of the rectified flow x = (1 - sigma) x0 + sigma eps along the velocity v ~ eps - x0.
+
+    Without fresh noise the Euler step x + (sigma' - sigma) v. With it, the step lands on the clean estimate
+    x0 = x - sigma v re-noised to sigma' with sqrt(1 - eta^2) of the noise estimate eps = x + (1 - sigma) v
+    and eta of the fresh noise (DDIM's stochastic family: the noise keeps unit variance)."""
+    if fresh is None:
+        return x + (sigma_to - sigma_from) * v
+    x0 = x - sigma_from * v
+    eps = x + (1 - sigma_from) * v
+    return (1 - sigma_to) * x0 + sigma_to * (math.sqrt(1 - stochasticity**2) * eps + stochasticity * fresh)
 
 
 def band_inputs(
-    tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource, sigmas: torch.Tensor
-) -> tuple[list[torch.Tensor], list[float], list[tuple[int, float]]]:
+    tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource, grid: LevelGrid
+) -> tuple[list[torch.Tensor], list[float], list[tuple[int, float, torch.Tensor | None]]]:
     """What one band's call reads: the slice's chunk tensors and sigmas (oldest first), and for every chunk
-    it updates, (slot in the slice, target sigma). Context at a level > 0 is re-noised with fresh noise."""
+    it updates, (slot in the slice, target sigma, the fresh noise of its step or None). Context at a level
+    > 0 is re-noised with fresh noise; a step draws fresh noise if the grid is stochastic and it ends above 0."""
     entries = [(c.chunk, c.level, True) for c in tick.context] + [(u.chunk, u.level_before, False) for u in tick.noisy]
     tensors, levels = [], []
     for chunk, level, is_context in entries[view.start : view.stop]:
-        sig = float(sigmas[level])
+        sig = float(grid.sigmas[level])
         x = chunks[chunk]
         if is_context and level:
             x = (1 - sig) * x + sig * noise.renoise(tick.index, chunk)
         tensors.append(x)
         levels.append(sig)
     n_context = len(tick.context)
-    own = [(i - view.start, float(sigmas[tick.noisy[i - n_context].level_after])) for i in view.own]
+    own = []
+    for i in view.own:
+        update = tick.noisy[i - n_context]
+        to = float(grid.sigmas[update.level_after])
+        fresh = noise.step(tick.index, update.chunk) if grid.stochasticity and update.level_after else None
+        own.append((i - view.start, to, fresh))
     return tensors, levels, own
 
 
@@ -70,8 +104,9 @@ class BandCall:
 
     chunks: list[torch.Tensor]  # each [Ch, C, h, w]
     sigmas: list[float]
-    own: list[tuple[int, float]]  # (slot in the slice, target sigma)
+    own: list[tuple[int, float, torch.Tensor | None]]  # (slot in the slice, target sigma, fresh noise)
     cond: Any
+    stochasticity: float = 0.0
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -88,17 +123,18 @@ def denoise_batch(velocity: VelocityFn, calls: list[BandCall], join_conds: Calla
     updated = []
     for call, v_call in zip(calls, v, strict=True):
         slots = v_call.split(frames, dim=1)  # F/C x [Ch, C, h, w]
-        updated.append([euler_step(call.chunks[slot], slots[slot], call.sigmas[slot], to) for slot, to in call.own])
+        updated.append([flow_step(call.chunks[slot], slots[slot], call.sigmas[slot], to, fresh, call.stochasticity)
+                        for slot, to, fresh in call.own])
     return updated
 
 
 def denoise_views(
-    velocity: VelocityFn, join_conds: Callable[[list], Any], sigmas: torch.Tensor,
+    velocity: VelocityFn, join_conds: Callable[[list], Any], grid: LevelGrid,
     bands: list[tuple[Tick, BandView, Mapping[int, torch.Tensor], NoiseSource, Any]],
 ) -> list[dict[int, torch.Tensor]]:
     """Every band's call of one tick, one per (tick, view, chunks, noise, cond) entry; bands whose slices
     have the same shape share one batched model call. Returns each band's own chunks after the step."""
-    calls = [BandCall(*band_inputs(tick, view, chunks, noise, sigmas), cond)
+    calls = [BandCall(*band_inputs(tick, view, chunks, noise, grid), cond, grid.stochasticity)
              for tick, view, chunks, noise, cond in bands]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, call in enumerate(calls):
@@ -141,7 +177,7 @@ def sample(
     have been yielded.
     """
     partition = partition or Partition()
-    sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1] float64
+    grid = LevelGrid.of(geometry)
     init = list(init_context)
     start, window, init_count = resume if resume else (0, {i - len(init): x for i, x in enumerate(init)}, len(init))
     for tick in ticks(geometry, num_chunks, init_count):
@@ -152,7 +188,7 @@ def sample(
         cond = cond_at(tick.cond_chunk)
         updated = {}
         for view in band_views(tick, partition, geometry.noisy):  # every band reads the window as it was
-            updated |= denoise_views(velocity, single_cond, sigmas, [(tick, view, window, noise, cond)])[0]
+            updated |= denoise_views(velocity, single_cond, grid, [(tick, view, window, noise, cond)])[0]
         window.update(updated)
         for m in tick.finished:
             yield m, window[m]

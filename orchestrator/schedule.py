@@ -22,6 +22,7 @@ class Geometry:
     context: int  # K: finished context chunks at the window front
     shift: float  # r: time shift of the level grid
     context_level: int = 0  # level the context is shown at (re-noised every call); 0 = clean
+    stochasticity: float = 0.0  # eta: share of fresh noise in every step; 0 = the Euler step
 
     @property
     def substeps(self) -> int:
@@ -32,8 +33,10 @@ class Geometry:
     def from_config(cls, cfg: ScheduleConfig) -> Geometry:
         """fifo is progressive with one-frame chunks and one step per shift: C = 1, N = S."""
         if cfg.kind == "fifo":
-            return cls("fifo", 1, cfg.steps, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level)
-        return cls(cfg.kind, cfg.chunk, cfg.noisy_chunks, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level)
+            return cls("fifo", 1, cfg.steps, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level,
+                       cfg.stochasticity)
+        return cls(cfg.kind, cfg.chunk, cfg.noisy_chunks, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level,
+                   cfg.stochasticity)
 
 
 def sigma_of(u: torch.Tensor | float, shift: float) -> torch.Tensor | float:

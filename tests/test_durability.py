@@ -114,11 +114,11 @@ def test_resume_refuses_changed_video_settings_and_skips_damaged_checkpoints(tmp
     process.send_signal(signal.SIGKILL)
     process.wait()
     refused = cli("resume", "dmg", "--quiet", "schedule.steps=12", "output.scale=2", "schedule.context_level=1",
-                  cwd=tmp_path)
+                  "schedule.stochasticity=0.3", cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [  # the frames already written have the old size
         "pavdm: error: cannot resume with settings that change the video: "
-        "output.scale, schedule.context_level, schedule.steps"
+        "output.scale, schedule.context_level, schedule.steps, schedule.stochasticity"
     ]
     checkpoints = sorted((tmp_path / "runs" / "dmg" / "checkpoints").glob("ckpt-*.arrow"))
     assert len(checkpoints) == 3

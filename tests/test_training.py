@@ -68,6 +68,7 @@ def test_the_loss_leaves_out_the_context_and_level_zero():
     (["data.context_noise=1.5"], "data.context_noise must be in [0, 1]"),
     (["data.context_noise=0.2", "data.own_context=0.5"], "choose one"),
     (["schedule.context_level=1"], "train for it with data.context_noise"),
+    (["schedule.stochasticity=0.5"], "schedule.stochasticity is a sampling setting"),
 ])
 def test_bad_context_settings_are_named(override, message):
     with pytest.raises(UserError, match=re.escape(message)):

@@ -101,6 +101,8 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
         raise UserError("optim.steps and optim.batch must be >= 1")
     if sched.context_level:
         raise UserError("schedule.context_level is a sampling setting; train for it with data.context_noise")
+    if sched.stochasticity:
+        raise UserError("schedule.stochasticity is a sampling setting; training does not take steps")
     if not 0 <= config.data.context_noise <= 1:
         raise UserError(f"data.context_noise must be in [0, 1], got {config.data.context_noise}")
     if config.data.context_noise and config.data.own_context:

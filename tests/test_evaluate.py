@@ -1,9 +1,10 @@
-"""`pavdm eval` end to end on a short video: every schedule scored, a table, results and plots written."""
+"""`pavdm eval` end to end on a short video (every schedule scored, a table, results and plots written); its summary."""
 
 import json
+import math
 
 from orchestrator.cli import main
-from training.evaluate import METRICS
+from training.evaluate import METRICS, Scored, report, summarise
 
 
 def test_eval_writes_table_results_and_plots(tmp_path, capsys):
@@ -18,3 +19,21 @@ def test_eval_writes_table_results_and_plots(tmp_path, capsys):
     assert all(f"| progressive | {m} |" in table and f"| chunked | {m} |" in table for m in METRICS)
     assert all((out / f"{m}.png").stat().st_size > 0 for m in METRICS) and (out / "strip.png").is_file()
     assert "results in" in capsys.readouterr().out
+
+
+def video(first: float, last: float, seconds: float = 20.0) -> Scored:
+    """A scored video whose every metric is `first` over its first half and `last` over its second (2-s segments)."""
+    segments = [{"start": t, "end": t + 2.0, **dict.fromkeys(METRICS, first if t < seconds / 2 else last)}
+                for t in range(0, int(seconds), 2)]
+    return Scored("progressive", "a red circle bouncing", 0, segments)
+
+
+def test_summary_change_comes_with_an_interval_over_resampled_videos():
+    same = summarise([video(1.0, 0.5)] * 4, 20.0)["progressive"]["presence"]
+    assert same["change"] == same["low"] == same["high"] == -0.5  # identical videos: no spread
+    mixed = summarise([video(1.0, 0.5), video(1.0, 1.5), video(1.0, 0.9), video(1.0, 1.1)], 20.0)
+    row = mixed["progressive"]["presence"]
+    assert row["change"] == 0.0 and -0.5 <= row["low"] < -0.1 and 0.1 < row["high"] <= 0.5
+    blank = summarise([video(math.nan, math.nan)], 20.0)["progressive"]["presence"]
+    assert all(math.isnan(blank[k]) for k in ("first", "change", "low", "high"))
+    assert "| progressive | presence | 1.000 | 1.000 | +0.0% |" in report(mixed, 20.0)

@@ -31,6 +31,7 @@ KINDS = ("progressive", "chunked", "replace_noise", "fifo")
 METRICS = ("presence", "count_stability", "size_stability", "smoothness", "background_clean", "sharpness",
            "colour_drift", "abruptness")
 WINDOW_SECONDS = 10.0  # the first and the last this many seconds are compared
+BOOTSTRAP = 2000  # resamplings of the videos behind the interval of each change
 
 
 def render_frames(config: Config, backend: Backend) -> np.ndarray:
@@ -55,18 +56,41 @@ class Scored:
     segments: list[dict[str, float]]
 
 
+def _window_sums(scored: list[Scored], metric: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per video, the sum and the count of a metric's non-NaN segments within [start, end] s: two [V] arrays."""
+    values = [[seg[metric] for seg in s.segments if seg["start"] >= start and seg["end"] <= end
+               and not math.isnan(seg[metric])] for s in scored]
+    return np.array([sum(v) for v in values], dtype=float), np.array([len(v) for v in values], dtype=float)
+
+
+def _pooled(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The mean over all segments of the videos along the last axis; NaN without samples."""
+    with np.errstate(invalid="ignore"):
+        return sums.sum(-1) / counts.sum(-1)
+
+
+def _relative_change(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """(last - first) / |first|, NaN where first is 0 or NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(first != 0, (last - first) / np.abs(first), np.nan)
+
+
 def summarise(scored: list[Scored], seconds: float) -> dict[str, dict[str, dict[str, float]]]:
-    """kind -> metric -> {first, last, change}: means over videos of the first and last WINDOW_SECONDS."""
+    """kind -> metric -> {first, last, change, low, high}: means over videos of the first and last
+    WINDOW_SECONDS, and the 95 % interval of the change when the videos are resampled (BOOTSTRAP draws)."""
     summary = {}
     for kind in dict.fromkeys(s.kind for s in scored):
+        videos = [s for s in scored if s.kind == kind]
+        draws = np.random.default_rng(0).integers(0, len(videos), (BOOTSTRAP, len(videos)))  # [B, V]
         rows = {}
         for metric in METRICS:
-            first = [seg[metric] for s in scored if s.kind == kind for seg in s.segments
-                     if seg["end"] <= WINDOW_SECONDS and not math.isnan(seg[metric])]
-            last = [seg[metric] for s in scored if s.kind == kind for seg in s.segments
-                    if seg["start"] >= seconds - WINDOW_SECONDS and not math.isnan(seg[metric])]
-            a, b = float(np.mean(first)) if first else math.nan, float(np.mean(last)) if last else math.nan
-            rows[metric] = {"first": a, "last": b, "change": (b - a) / abs(a) if a else math.nan}
+            first = _window_sums(videos, metric, 0.0, WINDOW_SECONDS)  # ([V], [V])
+            last = _window_sums(videos, metric, seconds - WINDOW_SECONDS, math.inf)
+            a, b = _pooled(*first), _pooled(*last)
+            resampled = _relative_change(_pooled(*(x[draws] for x in first)), _pooled(*(x[draws] for x in last)))  # [B]
+            low, high = np.nanpercentile(resampled, [2.5, 97.5]) if np.isfinite(resampled).any() else (math.nan,) * 2
+            rows[metric] = {"first": float(a), "last": float(b), "change": float(_relative_change(a, b)),
+                            "low": float(low), "high": float(high)}
         summary[kind] = rows
     return summary
 
@@ -110,12 +134,14 @@ def frame_strip(frames: np.ndarray, fps: float, every_seconds: float, path: Path
 
 
 def report(summary: dict, seconds: float) -> str:
-    """A Markdown table: first vs last WINDOW_SECONDS of every metric for every schedule."""
-    lines = [f"| schedule | metric | first {WINDOW_SECONDS:g} s | last {WINDOW_SECONDS:g} s | change |",
-             "|---|---|---|---|---|"]
+    """A Markdown table: first vs last WINDOW_SECONDS of every metric for every schedule, with the change's
+    95 % interval over resampled videos."""
+    lines = [f"| schedule | metric | first {WINDOW_SECONDS:g} s | last {WINDOW_SECONDS:g} s | change | 95 % interval |",
+             "|---|---|---|---|---|---|"]
     for kind, rows in summary.items():
         for metric, row in rows.items():
-            lines.append(f"| {kind} | {metric} | {row['first']:.3f} | {row['last']:.3f} | {row['change']:+.1%} |")
+            lines.append(f"| {kind} | {metric} | {row['first']:.3f} | {row['last']:.3f} | {row['change']:+.1%} "
+                         f"| {row['low']:+.1%} to {row['high']:+.1%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,10 +32,8 @@ class Geometry:
     @classmethod
     def from_config(cls, cfg: ScheduleConfig) -> Geometry:
         """fifo is progressive with one-frame chunks and one step per shift: C = 1, N = S."""
-        if cfg.kind == "fifo":
-            return cls("fifo", 1, cfg.steps, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level,
-                       cfg.stochasticity)
-        return cls(cfg.kind, cfg.chunk, cfg.noisy_chunks, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level,
+        chunk, noisy = (1, cfg.steps) if cfg.kind == "fifo" else (cfg.chunk, cfg.noisy_chunks)
+        return cls(cfg.kind, chunk, noisy, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level,
                    cfg.stochasticity)
 
 

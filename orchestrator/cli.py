@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from orchestrator.config import Config, load_config, model_names, validate
+from orchestrator.config import SCHEDULE_KINDS, Config, load_config, model_names, validate
 from orchestrator.errors import RunFailed, UserError
 
 EXIT_USAGE = 2
@@ -108,7 +108,9 @@ def build_parser() -> Parser:
     ev.add_argument("--seconds", type=float, default=60.0, help="length of every video (default 60)")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     ev.add_argument("--prompt", action="append", help="prompts (default: five fixed world captions)")
-    ev.add_argument("--kinds", nargs="+", default=None, help="schedules (default: all four)")
+    ev.add_argument("--kinds", nargs="+", choices=SCHEDULE_KINDS, default=list(SCHEDULE_KINDS), metavar="KIND",
+                    help=f"schedules, any of {', '.join(SCHEDULE_KINDS)} (default: all); this option "
+                         "and --seeds take every word after them, so give KEY=VALUE overrides first")
     ev.add_argument("--out-dir", default="eval", help="folder for the results (default eval)")
     add_common_options(ev)
 
@@ -196,11 +198,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from training.evaluate import KINDS, PROMPTS, evaluate, report
+    from training.evaluate import PROMPTS, evaluate, report
 
     if not args.seconds > 0:
         raise UserError(f"--seconds must be > 0, got {args.seconds}")
-    summary = evaluate(args.model, args.seconds, args.seeds, args.prompt or list(PROMPTS), args.kinds or list(KINDS),
+    summary = evaluate(args.model, args.seconds, args.seeds, args.prompt or list(PROMPTS), args.kinds,
                        Path(args.out_dir), args.overrides, progress=not args.quiet)
     print(report(summary, args.seconds), end="")
     print(f"results in {args.out_dir}/")

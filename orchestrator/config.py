@@ -7,19 +7,22 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from orchestrator.errors import UserError
 
+ScheduleKind = Literal["progressive", "chunked", "replace_noise", "fifo"]
+SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
+
 
 @dataclass
 class ScheduleConfig:
     """How noise levels are laid over the sliding window (DESIGN §1)."""
 
-    kind: Literal["progressive", "chunked", "replace_noise", "fifo"] = "progressive"
+    kind: ScheduleKind = "progressive"
     """progressive = PA-VDM; chunked = extension with clean overlap; replace_noise = replacement
     with noise; fifo = diagonal denoising with one-frame chunks and one step per shift."""
     chunk: int = 5

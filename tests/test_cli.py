@@ -124,6 +124,14 @@ def test_argparse_errors_are_one_line(capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_eval_refuses_an_override_taken_for_a_schedule_before_any_work(capsys):
+    """--kinds takes every word after it, so an override placed there is named at once, not after the first kind."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--kinds", "progressive", "model.path=elsewhere"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'model.path=elsewhere'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [[], ["generate"]])
 def test_help_is_complete(command, capsys):
     with pytest.raises(SystemExit):

@@ -27,7 +27,6 @@ PROMPTS = (
     "a magenta square and a cyan triangle bouncing",
     "a white circle and a red triangle bouncing",
 )
-KINDS = ("progressive", "chunked", "replace_noise", "fifo")
 METRICS = ("presence", "count_stability", "size_stability", "smoothness", "background_clean", "sharpness",
            "colour_drift", "abruptness")
 WINDOW_SECONDS = 10.0  # the first and the last this many seconds are compared

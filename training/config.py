@@ -20,7 +20,10 @@ class ArchitectureConfig:
     heads: int = 4
     """Attention heads."""
     head_dim: int = 16
-    """Channels per head; the width is heads * head_dim."""
+    """Channels per head; the width is heads * head_dim. The model's 3-D rotary position code gives each spatial
+    axis 2 * (head_dim // 6) of them: 16 leaves 4, two frequencies of which only one varies across an 8-token
+    frame, and it wraps within 7 tokens; 32 leaves 10, five frequencies that place every token of the frame
+    (tried for the embedded model: EVALUATION.md, "Tried and not adopted")."""
     layers: int = 4
     """Transformer blocks."""
     ffn_dim: int = 256

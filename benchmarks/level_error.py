@@ -1,0 +1,73 @@
+"""Denoising error per noise level of models in one run: one call on ground-truth world windows, clean context.
+
+    python -m benchmarks.level_error models/tiny /path/to/other-model --clips 16
+
+For every window level l = 1..S the mean squared error of the model's clean estimate x0 = x - sigma v against the
+true frames, at the levels the progressive schedule of `configs/model/tiny.yaml` shows them (every substep k).
+It isolates the one-step denoiser from the long video's own errors: a model can win here and still hold objects
+worse over a minute (EVALUATION.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from actors.backends.factory import build_backend
+from orchestrator.config import load_config
+from orchestrator.schedule import Geometry, level_sigmas
+from training.world import World, random_scene
+
+
+def window_levels(geometry: Geometry, k: int) -> list[int]:
+    """Level of every frame of a full window at substep k: context at 0, noisy position p at s*(p+1) - k."""
+    s, c = geometry.substeps, geometry.chunk
+    return [0] * (geometry.context * c) + [s * (p + 1) - k for p in range(geometry.noisy) for _ in range(c)]
+
+
+def level_errors(model_path: str, clips: int, seed: int) -> dict[int, float]:
+    """Level -> mean squared x0 error over `clips` random scenes, each seen at every substep."""
+    config = load_config([], [f"model.path={model_path}"], model="tiny")
+    backend = build_backend(config.model)
+    geometry = Geometry.from_config(config.schedule)
+    sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    errors: dict[int, list[float]] = {}
+    frames = (geometry.context + geometry.noisy) * geometry.chunk
+    for _ in range(clips):
+        scene = random_scene(rng)
+        world = World(scene, int(rng.integers(2**31)), config.model.height, config.fps)
+        clean = torch.from_numpy(world.frames(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, F, H, W]
+        cond = backend.encode_prompt(scene.caption)
+        for k in range(geometry.substeps):
+            levels = window_levels(geometry, k)
+            sigma = sigmas[levels].float()[None]  # [1, F]
+            sig = sigma[:, None, :, None, None]  # [1, 1, F, 1, 1]
+            x = (1 - sig) * clean + sig * torch.randn(clean.shape, generator=generator)  # [1, 3, F, H, W]
+            estimate = x - sig * backend.velocity(x, sigma, cond)  # [1, 3, F, H, W]
+            per_frame = ((estimate - clean) ** 2).mean(dim=(0, 1, 3, 4))  # [F]
+            for level, error in zip(levels, per_frame.tolist(), strict=True):
+                if level:
+                    errors.setdefault(level, []).append(error)
+    return {level: float(np.mean(values)) for level, values in sorted(errors.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="diffusers model folders laid out like models/tiny")
+    parser.add_argument("--clips", type=int, default=16, help="random scenes per model (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of scenes and noise, the same for every model")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    table = {path: level_errors(path, args.clips, args.seed) for path in args.models}
+    levels = list(next(iter(table.values())))
+    print("| level | " + " | ".join(args.models) + " |")
+    print("|---" * (len(args.models) + 1) + "|")
+    for level in levels:
+        print(f"| {level} | " + " | ".join(f"{table[path][level]:.4f}" for path in args.models) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,14 +17,20 @@ import torch
 
 from actors.backends.factory import build_backend
 from orchestrator.config import load_config
-from orchestrator.schedule import Geometry, level_sigmas
+from orchestrator.schedule import Geometry, Tick, level_sigmas, ticks
+from training.recipe import noisy_inputs
 from training.world import World, random_scene
 
 
-def window_levels(geometry: Geometry, k: int) -> list[int]:
-    """Level of every frame of a full window at substep k: context at 0, noisy position p at s*(p+1) - k."""
-    s, c = geometry.substeps, geometry.chunk
-    return [0] * (geometry.context * c) + [s * (p + 1) - k for p in range(geometry.noisy) for _ in range(c)]
+def full_window_levels(geometry: Geometry) -> list[list[int]]:
+    """Per substep, the level of every frame of a full window (context, then noisy chunks, oldest first): the
+    ticks of a video continued from a clip while its window holds all N noisy chunks."""
+    def frame_levels(tick: Tick) -> list[int]:
+        chunks = [c.level for c in tick.context] + [u.level_before for u in tick.noisy]
+        return [level for level in chunks for _ in range(geometry.chunk)]
+
+    return [frame_levels(t) for t in ticks(geometry, geometry.noisy, init_chunks=geometry.context)
+            if len(t.noisy) == geometry.noisy]
 
 
 def level_errors(model_path: str, clips: int, seed: int) -> dict[int, float]:
@@ -35,18 +41,17 @@ def level_errors(model_path: str, clips: int, seed: int) -> dict[int, float]:
     sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     errors: dict[int, list[float]] = {}
+    windows = full_window_levels(geometry)
     frames = (geometry.context + geometry.noisy) * geometry.chunk
     for _ in range(clips):
         scene = random_scene(rng)
         world = World(scene, int(rng.integers(2**31)), config.model.height, config.fps)
-        clean = torch.from_numpy(world.frames(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, F, H, W]
+        clean = backend.codec.encode(torch.from_numpy(world.frames(frames)))[None]  # [1, Ch, F, h, w]
         cond = backend.encode_prompt(scene.caption)
-        for k in range(geometry.substeps):
-            levels = window_levels(geometry, k)
+        for levels in windows:
             sigma = sigmas[levels].float()[None]  # [1, F]
-            sig = sigma[:, None, :, None, None]  # [1, 1, F, 1, 1]
-            x = (1 - sig) * clean + sig * torch.randn(clean.shape, generator=generator)  # [1, 3, F, H, W]
-            estimate = x - sig * backend.velocity(x, sigma, cond)  # [1, 3, F, H, W]
+            x, _ = noisy_inputs(clean, sigma, generator)  # [1, Ch, F, h, w]
+            estimate = x - sigma[:, None, :, None, None] * backend.velocity(x, sigma, cond)  # [1, Ch, F, h, w]
             per_frame = ((estimate - clean) ** 2).mean(dim=(0, 1, 3, 4))  # [F]
             for level, error in zip(levels, per_frame.tolist(), strict=True):
                 if level:

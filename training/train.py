@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from actors.backends.skyreels import TRAIN_TIMESTEPS
 from actors.backends.text import load_text_encoder
+from actors.codecs import from_uint8
 from orchestrator.config import ModelConfig
 from orchestrator.schedule import Geometry
 from training.config import TrainConfig
@@ -67,7 +68,7 @@ def sample_batch(config: TrainConfig, geometry: Geometry, shape: WindowShape, rn
         world = World(scene, int(rng.integers(2**31)), config.data.size, config.data.fps)
         world.frames(int(rng.integers(0, 4 * geometry.chunk)))  # a random phase of the motion
         frames = world.frames(chunks * geometry.chunk)  # [F, H, W, 3] uint8
-        clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)  # [3, F, H, W]
+        clips.append(from_uint8(torch.from_numpy(frames)))  # [3, F, H, W]
         captions.append(scene.caption)
     return torch.stack(clips), captions
 

@@ -89,9 +89,10 @@ def build_parser() -> Parser:
     trn = commands.add_parser(
         "train",
         help="train a model with the progressive recipe",
-        description="Train (or fine-tune, init_from=FOLDER, deepen, architecture.layers=N, and widen, "
-                    "architecture.heads and ffn_dim) a SkyReels-V2 transformer with the progressive recipe on the "
-                    "procedural world; the EMA weights are saved with save_pretrained.",
+        description="Train (or fine-tune, init_from=FOLDER, deepen, architecture.layers=N, widen, "
+                    "architecture.heads and ffn_dim, and merge heads, architecture.heads and head_dim) a SkyReels-V2 "
+                    "transformer with the progressive recipe on the procedural world; the EMA weights are saved "
+                    "with save_pretrained.",
     )
     trn.add_argument("--resume", action="store_true", help="continue from <out>/training_state.pt")
     add_common_options(trn, "training YAML, e.g. configs/train/tiny.yaml; repeatable",

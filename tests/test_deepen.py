@@ -34,7 +34,7 @@ def test_deepened_model_computes_the_same_function_and_keeps_the_old_blocks():
     assert deepen(model, 2) is model
 
 
-def test_a_fine_tuned_model_keeps_patch_and_head_size_and_may_only_grow():
+def test_a_fine_tuned_model_keeps_its_patch_and_may_only_grow_or_regroup_its_heads():
     loaded = tiny_transformer(3, MINILM_DIM).config  # patch 2, 2 heads of 8, ffn 32, 2 layers
     check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=8, ffn_dim=32, layers=3))
     assert check_architecture(loaded, ArchitectureConfig(patch=2, heads=4, head_dim=8, ffn_dim=64, layers=2)) == 2
@@ -42,8 +42,11 @@ def test_a_fine_tuned_model_keeps_patch_and_head_size_and_may_only_grow():
         check_architecture(loaded, ArchitectureConfig(patch=2, heads=4, head_dim=8, ffn_dim=32, layers=2))
     with pytest.raises(UserError, match="same whole multiple"):
         check_architecture(loaded, ArchitectureConfig(patch=2, heads=3, head_dim=8, ffn_dim=48, layers=2))
-    with pytest.raises(UserError, match="architecture.head_dim=8"):
+    assert check_architecture(loaded, ArchitectureConfig(patch=2, heads=1, head_dim=16, ffn_dim=32, layers=2)) == 1
+    with pytest.raises(UserError, match="heads \\* head_dim = 16"):
         check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=16, ffn_dim=32, layers=2))
+    with pytest.raises(UserError, match="architecture.patch=2"):
+        check_architecture(loaded, ArchitectureConfig(patch=4, heads=2, head_dim=8, ffn_dim=32, layers=2))
     with pytest.raises(UserError, match="only be deepened"):
         check_architecture(loaded, ArchitectureConfig(patch=2, heads=2, head_dim=8, ffn_dim=32, layers=1))
 

@@ -11,9 +11,10 @@ from orchestrator.errors import UserError
 
 @dataclass
 class ArchitectureConfig:
-    """The SkyReels-V2 transformer to train; a fine-tuned one (init_from) must have its patch and head size but
-    may be shallower (it is deepened with identity blocks) or narrower by one whole factor of heads and FFN
-    channels (it is widened by copying them)."""
+    """The SkyReels-V2 transformer to train; a fine-tuned one (init_from) must have its patch size but may be
+    shallower (it is deepened with identity blocks), narrower by one whole factor of heads and FFN channels (it
+    is widened by copying them), or of the same width in more, smaller heads (merged into the fewer, larger
+    heads asked for: regroup.py)."""
 
     patch: int = 4
     """Spatial patch size; 32x32 frames with patch 4 give 64 tokens per frame."""

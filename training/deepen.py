@@ -13,13 +13,20 @@ RESIDUAL_OUTPUTS = ("attn1.to_out.0", "attn2.to_out.0", "ffn.net.2")
 
 
 def check_architecture(loaded: dict, arch: ArchitectureConfig) -> int:
-    """A fine-tuned model keeps its patch and head size; it may grow deeper, and wider by one whole factor of
-    its heads and FFN channels. Returns that factor; fails naming the first field that does not fit."""
-    for name, value in {"patch": tuple(loaded["patch_size"])[1], "head_dim": loaded["attention_head_dim"]}.items():
-        if getattr(arch, name) != value:
-            raise UserError(f"init_from has architecture.{name}={value} but the config asks for "
-                            f"{getattr(arch, name)}; only layers, heads and ffn_dim may grow")
+    """A fine-tuned model keeps its patch size; it may grow deeper, and wider by one whole factor of its heads
+    and FFN channels, or regroup its heads into fewer of a multiple of their size at the same width. Returns the
+    widening factor; fails naming the first field that does not fit."""
+    patch, head_dim = tuple(loaded["patch_size"])[1], loaded["attention_head_dim"]
+    if arch.patch != patch:
+        raise UserError(f"init_from has architecture.patch={patch} but the config asks for {arch.patch}")
     heads, ffn = loaded["num_attention_heads"], loaded["ffn_dim"]
+    if arch.head_dim != head_dim:
+        if arch.head_dim % head_dim or arch.heads * arch.head_dim != heads * head_dim or arch.ffn_dim != ffn:
+            raise UserError(f"init_from has {heads} heads of {head_dim} channels and ffn_dim={ffn}; another "
+                            f"head_dim must be a multiple of {head_dim} with heads * head_dim = {heads * head_dim} "
+                            f"and the same ffn_dim (got {arch.heads} heads of {arch.head_dim}, ffn_dim="
+                            f"{arch.ffn_dim})")
+        heads = arch.heads
     factor = arch.heads // heads
     if arch.heads % heads or factor < 1 or arch.ffn_dim != ffn * factor:
         raise UserError(f"init_from has {heads} heads and ffn_dim={ffn}; architecture.heads and ffn_dim must be "

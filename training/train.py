@@ -22,6 +22,7 @@ from training.config import TrainConfig
 from training.deepen import check_architecture, deepen
 from training.own_context import own_context
 from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
+from training.regroup import regroup
 from training.widen import widen
 from training.world import World, random_scene
 
@@ -35,6 +36,7 @@ def build_transformer(config: TrainConfig, text_dim: int):
     if config.init_from:
         model = SkyReelsV2Transformer3DModel.from_pretrained(config.init_from, subfolder="transformer")
         factor = check_architecture(model.config, arch)
+        model = regroup(model, arch.head_dim)
         return deepen(widen(model, factor, torch.Generator().manual_seed(config.seed)), arch.layers)
     return SkyReelsV2Transformer3DModel(
         patch_size=(1, arch.patch, arch.patch), num_attention_heads=arch.heads, attention_head_dim=arch.head_dim,

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from orchestrator.errors import UserError
-from tests.tiny_models import MINILM_DIM, tiny_transformer, window_velocity
-from training.config import ArchitectureConfig, load_train_config
+from tests.tiny_models import MINILM_DIM, fine_tuned_transformer, tiny_transformer, window_velocity
+from training.config import ArchitectureConfig
 from training.deepen import check_architecture, deepen, new_block_positions
-from training.train import build_transformer
 
 
 def test_new_blocks_are_spread_between_the_old():
@@ -52,7 +51,4 @@ def test_a_fine_tuned_model_keeps_its_patch_and_may_only_grow_or_regroup_its_hea
 
 
 def test_training_from_a_saved_model_deepens_it(tmp_path):
-    tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
-    config = load_train_config([], [f"init_from={tmp_path / 'base'}", "architecture.patch=2", "architecture.heads=2",
-                                    "architecture.head_dim=8", "architecture.ffn_dim=32", "architecture.layers=4"])
-    assert build_transformer(config, MINILM_DIM).config.num_layers == 4
+    assert fine_tuned_transformer(tmp_path, heads=2, head_dim=8, ffn_dim=32, layers=4).config.num_layers == 4

@@ -3,10 +3,8 @@ axes kept where they fit, everything else carried over."""
 
 import torch
 
-from tests.tiny_models import MINILM_DIM, tiny_transformer, window_velocity
-from training.config import load_train_config
+from tests.tiny_models import MINILM_DIM, fine_tuned_transformer, tiny_transformer, window_velocity
 from training.regroup import group_order, regroup, rope_pairs
-from training.train import build_transformer
 
 
 def test_rope_pairs_follow_the_transformers_rotary_code():
@@ -61,8 +59,5 @@ def test_merged_heads_score_the_sum_of_their_old_heads_and_the_rest_is_kept():
 
 
 def test_training_from_a_saved_model_regroups_its_heads(tmp_path):
-    tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
-    config = load_train_config([], [f"init_from={tmp_path / 'base'}", "architecture.patch=2", "architecture.heads=1",
-                                    "architecture.head_dim=16", "architecture.ffn_dim=32", "architecture.layers=3"])
-    model = build_transformer(config, MINILM_DIM)
+    model = fine_tuned_transformer(tmp_path, heads=1, head_dim=16, ffn_dim=32, layers=3)
     assert (model.config.num_attention_heads, model.config.attention_head_dim, model.config.num_layers) == (1, 16, 3)

@@ -2,9 +2,7 @@
 
 import torch
 
-from tests.tiny_models import MINILM_DIM, tiny_transformer, window_velocity
-from training.config import load_train_config
-from training.train import build_transformer
+from tests.tiny_models import MINILM_DIM, fine_tuned_transformer, tiny_transformer, window_velocity
 from training.widen import widen
 
 
@@ -28,8 +26,5 @@ def test_copies_are_nudged_apart_and_the_output_barely_moves():
 
 
 def test_training_from_a_saved_model_widens_it(tmp_path):
-    tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
-    config = load_train_config([], [f"init_from={tmp_path / 'base'}", "architecture.patch=2", "architecture.heads=4",
-                                    "architecture.head_dim=8", "architecture.ffn_dim=64", "architecture.layers=3"])
-    model = build_transformer(config, MINILM_DIM)
+    model = fine_tuned_transformer(tmp_path, heads=4, head_dim=8, ffn_dim=64, layers=3)
     assert (model.config.num_attention_heads, model.config.ffn_dim, model.config.num_layers) == (4, 64, 3)

@@ -64,3 +64,16 @@ def window_velocity(model, batch: int = 2, frames: int = 4, size: int = 8, seed:
     with torch.no_grad():
         return model(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
                      return_dict=False)[0]
+
+
+def fine_tuned_transformer(tmp_path: Path, heads: int, head_dim: int, ffn_dim: int, layers: int):
+    """What `pavdm train` starts from with init_from = a saved tiny_transformer (patch 2, 2 heads of 8, FFN 32,
+    2 layers) and the given architecture."""
+    from training.config import load_train_config
+    from training.train import build_transformer
+
+    tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
+    config = load_train_config([], [f"init_from={tmp_path / 'base'}", "architecture.patch=2",
+                                    f"architecture.heads={heads}", f"architecture.head_dim={head_dim}",
+                                    f"architecture.ffn_dim={ffn_dim}", f"architecture.layers={layers}"])
+    return build_transformer(config, MINILM_DIM)

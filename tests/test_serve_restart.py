@@ -15,7 +15,7 @@ def latents(root, video_id):
 def test_restart_resumes_a_video_in_progress(tmp_path):
     root = tmp_path / "runs"
     overrides = ["checkpoint.every_shifts=2", "checkpoint.every_seconds=0"]
-    request = {"prompt": "a magenta circle bouncing", "seconds": 30, "seed": 11}
+    request = {"prompt": "a magenta circle bouncing", "seconds": 12, "seed": 11}
     server = Server(root, overrides)
     try:
         video_id = requests.post(f"{server.base}/v1/videos", headers=server.headers, json=request).json()["id"]

@@ -12,7 +12,8 @@ from training.evaluate import render_frames
 from training.probe import frame_changes, score_video
 from training.world import parse_caption
 
-BEFORE, AFTER, SWITCH, FPS = "a red circle", "a green square", 20.0, 8.0
+BEFORE, AFTER, SWITCH, FPS = "a red circle", "a green square", 10.0, 8.0
+LENGTH = 2 * SWITCH
 SEEDS = [0, 1]
 
 
@@ -24,7 +25,7 @@ def both_cores():
     torch.set_num_threads(1)
 
 
-def render(seed: int, prompts: list[str], seconds: float = 40) -> np.ndarray:
+def render(seed: int, prompts: list[str], seconds: float = LENGTH) -> np.ndarray:
     config = load_config([], [f"seed={seed}", f"seconds={seconds:g}"], model="tiny")
     config.prompts = prompts
     return render_frames(config, build_backend(config.model))
@@ -32,7 +33,7 @@ def render(seed: int, prompts: list[str], seconds: float = 40) -> np.ndarray:
 
 @cache
 def switched(seed: int) -> np.ndarray:
-    """The 40-second video whose prompt switches at 20 s, made once per seed for both tests: [320, 32, 32, 3]."""
+    """The 20-second video whose prompt switches at 10 s, made once per seed for both tests: [160, 32, 32, 3]."""
     return render(seed, [f"0:{BEFORE}", f"{SWITCH:g}:{AFTER}"])
 
 
@@ -43,9 +44,9 @@ def presence(frames: np.ndarray, caption: str, start: float, end: float) -> floa
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_prompt_switch_changes_content(seed):
-    frames = switched(seed)  # [320, 32, 32, 3]
-    assert presence(frames, BEFORE, 0, SWITCH) > presence(frames, BEFORE, SWITCH + 4, 40)
-    assert presence(frames, AFTER, SWITCH + 4, 40) > presence(frames, AFTER, 0, SWITCH)
+    frames = switched(seed)  # [160, 32, 32, 3]
+    assert presence(frames, BEFORE, 0, SWITCH) > presence(frames, BEFORE, SWITCH + 4, LENGTH)
+    assert presence(frames, AFTER, SWITCH + 4, LENGTH) > presence(frames, AFTER, 0, SWITCH)
 
 
 def largest_change(frames: np.ndarray, start: float, end: float) -> float:
@@ -59,7 +60,7 @@ def test_prompt_switch_is_not_a_cut(seed):
     """Around the switch the video changes less than at a hard cut from the first prompt's video to the second's."""
     cut_at = int(SWITCH * FPS)
     window = (SWITCH - 1, SWITCH + 3)
-    before = render(seed, [BEFORE], SWITCH)  # [160, 32, 32, 3]
-    after = render(seed + 10, [AFTER], window[1] + 1)  # [192, 32, 32, 3]
+    before = render(seed, [BEFORE], SWITCH)  # [80, 32, 32, 3]
+    after = render(seed + 10, [AFTER], window[1] + 1)  # [112, 32, 32, 3]
     spliced = np.concatenate([before, after[cut_at:]])  # one hard cut, between frames cut_at - 1 and cut_at
     assert largest_change(switched(seed), *window) < largest_change(spliced, *window)

@@ -31,13 +31,13 @@ def write_jsonl(path, listed):
     path.write_text("".join(json.dumps(row) + "\n" for row in listed))
 
 
-FAST = ["--model", "gaussian", *(f"schedule.{key}" for key in ("chunk=4", "noisy_chunks=2", "steps=2"))]
-"""The analytic model on a short window: batching is the same for every model, and a few ticks a video keep
-the time on the batch logic."""
+SHORT_WINDOW = ["schedule.chunk=4", "schedule.noisy_chunks=2", "schedule.steps=2"]
+"""With the analytic model: batching is the same for every model, and a few ticks a video keep the time on the
+batch logic."""
 
 
 def config():
-    return load_config([], ["pipeline.num_cpus=0.5", "pipeline.max_streams=4", "metrics.port=0", *FAST[2:]],
+    return load_config([], ["pipeline.num_cpus=0.5", "pipeline.max_streams=4", "metrics.port=0", *SHORT_WINDOW],
                        model="gaussian")
 
 
@@ -120,7 +120,8 @@ def test_cli_batch_errors_and_exit_codes(tmp_path):
     write_jsonl(tmp_path / "two.jsonl", [{"prompt": "a red circle", "seconds": 1}, {"prompt": "a blue square",
                                                                                     "seconds": 1, "id": "b"}])
     (tmp_path / "two.jsonl").write_text((tmp_path / "two.jsonl").read_text() + "{broken\n")
-    done = batch("two.jsonl", "--out", "out", "--quiet", *FAST, "pipeline.num_cpus=0.5", "metrics.port=0")
+    done = batch("two.jsonl", "--out", "out", "--quiet", "--model", "gaussian", *SHORT_WINDOW,
+                 "pipeline.num_cpus=0.5", "metrics.port=0")
     assert done.returncode == 1 and "1 of 3 rows failed" in done.stderr
     table = pq.read_table(tmp_path / "out" / MANIFEST).to_pylist()
     assert [(r["id"], r["status"]) for r in table] == [("row-00000", "completed"), ("b", "completed"),

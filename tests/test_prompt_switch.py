@@ -20,9 +20,10 @@ SEEDS = [0, 1]
 @pytest.fixture(autouse=True, scope="module")
 def both_cores():
     """These videos are made in this process: torch may use both cores (conftest sets one for the Ray tests)."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
-    torch.set_num_threads(1)
+    torch.set_num_threads(previous)
 
 
 def render(seed: int, prompts: list[str], seconds: float = LENGTH) -> np.ndarray:

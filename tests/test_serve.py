@@ -73,8 +73,9 @@ def test_openai_client_creates_downloads_extends_lists_and_deletes(client, serve
 
 
 def test_stream_plays_before_the_video_is_complete(server):
+    seconds = 20
     created = requests.post(f"{server.base}/v1/videos", headers=server.headers,
-                            json={"prompt": "a yellow triangle bouncing", "seconds": 20, "seed": 5}).json()
+                            json={"prompt": "a yellow triangle bouncing", "seconds": seconds, "seed": 5}).json()
     received, status_when_playable = bytearray(), None
     with requests.get(f"{server.base}/v1/videos/{created['id']}/stream", headers=server.headers, stream=True,
                       timeout=120) as response:
@@ -85,7 +86,7 @@ def test_stream_plays_before_the_video_is_complete(server):
                 status_when_playable = requests.get(f"{server.base}/v1/videos/{created['id']}",
                                                     headers=server.headers).json()["status"]
     assert status_when_playable == "in_progress"  # 2 s of decodable video before the end
-    assert decoded_frames(bytes(received)) == 20 * FPS  # and the whole video once it completed
+    assert decoded_frames(bytes(received)) == seconds * FPS  # and the whole video once it completed
     assert "{}x{}".format(*probe_mp4(bytes(received))[1:3]) == created["size"] == "256x256"  # enlarged like the file
     assert server.wait_status(created["id"])["status"] == "completed"
 

@@ -36,6 +36,7 @@ def test_window_shapes_cover_full_fill_and_drain():
     shapes = [window_shape(GEOMETRY, 0.5, generator) for _ in range(400)]
     assert any(s == WindowShape(0, 3, True) for s in shapes)
     assert any(s.last == 3 and s.first > 0 and not s.context for s in shapes)  # filling: the video start
+    assert any(s.last == 3 and s.first > 0 and s.context for s in shapes)  # filling after a clip it continues
     assert any(s.first == 0 and s.last < 3 and s.context for s in shapes)  # draining: the video end
 
 

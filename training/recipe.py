@@ -21,15 +21,16 @@ class WindowShape:
 
 
 def window_shape(geometry: Geometry, fill_drain_fraction: float, generator: torch.Generator) -> WindowShape:
-    """Mostly full windows; otherwise a filling one (newest positions only, no context: the video start)
-    or a draining one (oldest positions only, with context: the video end)."""
-    n = geometry.noisy
+    """Mostly full windows; otherwise a filling one (newest positions only: the video start, with no context
+    from nothing and, half the time, with the last chunks of a clip it continues as context) or a draining one
+    (oldest positions only, with context: the video end)."""
+    n, context = geometry.noisy, geometry.context > 0
     if n == 1 or torch.rand((), generator=generator).item() >= fill_drain_fraction:
-        return WindowShape(0, n - 1, geometry.context > 0)
+        return WindowShape(0, n - 1, context)
     cut = int(torch.randint(1, n, (), generator=generator))
     if torch.rand((), generator=generator).item() < 0.5:
-        return WindowShape(cut, n - 1, False)
-    return WindowShape(0, cut - 1, geometry.context > 0)
+        return WindowShape(cut, n - 1, context and torch.rand((), generator=generator).item() < 0.5)
+    return WindowShape(0, cut - 1, context)
 
 
 def training_sigmas(geometry: Geometry, shape: WindowShape, batch: int, generator: torch.Generator) -> torch.Tensor:

@@ -80,7 +80,7 @@ class OptimConfig:
 class TrainConfig:
     """A training run: data, model, the progressive recipe's window, optimiser and outputs."""
 
-    out: str = "models/tiny"
+    out: str = "trained/tiny"
     """Folder the model is saved to with save_pretrained (transformer/ inside)."""
     init_from: str = ""
     """Fine-tune a diffusers model folder (its transformer/) instead of training from scratch."""

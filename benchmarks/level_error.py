@@ -5,7 +5,8 @@
 For every window level l = 1..S the mean squared error of the model's clean estimate x0 = x - sigma v against the
 true frames, at the levels the progressive schedule of `configs/model/tiny.yaml` shows them (every substep k).
 It isolates the one-step denoiser from the long video's own errors: a model can win here and still hold objects
-worse over a minute (EVALUATION.md).
+worse over a minute (EVALUATION.md). The model is called unguided (the text-conditioned branch alone), whatever
+guidance the config samples with: the error of the denoiser itself.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def full_window_levels(geometry: Geometry) -> list[list[int]]:
 
 def level_errors(model_path: str, clips: int, seed: int) -> dict[int, float]:
     """Level -> mean squared x0 error over `clips` random scenes, each seen at every substep."""
-    config = load_config([], [f"model.path={model_path}"], model="tiny")
+    config = load_config([], [f"model.path={model_path}", "model.guidance_scale=1"], model="tiny")
     backend = build_backend(config.model)
     geometry = Geometry.from_config(config.schedule)
     sigmas = level_sigmas(geometry.steps, geometry.shift)  # [S+1]

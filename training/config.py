@@ -77,6 +77,15 @@ class OptimConfig:
 
 
 @dataclass
+class LossConfig:
+    """The velocity loss: a mean squared error over the noisy frames, optionally weighted per pixel."""
+
+    edge_weight: float = 0.0
+    """Extra weight on pixels within one pixel of an object outline in the clean frame (training/edge_weight.py):
+    outlines carry a shape's identity (a square's corners, a triangle's apex) but few pixels; 0 = plain mean."""
+
+
+@dataclass
 class TrainConfig:
     """A training run: data, model, the progressive recipe's window, optimiser and outputs."""
 
@@ -93,6 +102,7 @@ class TrainConfig:
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> TrainConfig:
@@ -109,6 +119,8 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
         raise UserError("schedule.stochasticity is a sampling setting; training does not take steps")
     if not 0 <= config.data.context_noise <= 1:
         raise UserError(f"data.context_noise must be in [0, 1], got {config.data.context_noise}")
+    if config.loss.edge_weight < 0:
+        raise UserError(f"loss.edge_weight must be >= 0, got {config.loss.edge_weight}")
     if config.data.context_noise and config.data.own_context:
         raise UserError("data.context_noise and data.own_context are two ways to spoil the context; choose one")
     return config

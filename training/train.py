@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from actors.backends.skyreels import TRAIN_TIMESTEPS
@@ -20,6 +19,7 @@ from orchestrator.config import ModelConfig
 from orchestrator.schedule import Geometry
 from training.config import TrainConfig
 from training.deepen import check_architecture, deepen
+from training.edge_weight import pixel_weights
 from training.own_context import own_context
 from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
 from training.regroup import regroup
@@ -103,6 +103,15 @@ def loss_frames(sigmas: torch.Tensor, context: int) -> torch.Tensor:
     return scored
 
 
+def weighted_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor
+                  ) -> torch.Tensor:
+    """Weighted mean squared error over the scored frames [B, F] of [B, 3, F, H, W] tensors, with per-pixel
+    weights [B, 1, F, H, W]; all weights 1 give the plain mean."""
+    error = ((prediction - target) ** 2 * weights).permute(0, 2, 1, 3, 4)[scored]  # [N, 3, H, W]
+    total = weights.expand_as(prediction).permute(0, 2, 1, 3, 4)[scored]  # [N, 3, H, W]
+    return error.sum() / total.sum()
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     optim = config.optim
     if step < optim.warmup:
@@ -152,8 +161,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                                             config.data.own_context_sigma, generator)
         prediction = model(hidden_states=x, timestep=sigmas * TRAIN_TIMESTEPS, encoder_hidden_states=text,
                            enable_diffusion_forcing=True, return_dict=False)[0]
-        scored = loss_frames(sigmas, context)  # [B, F]
-        loss = F.mse_loss(prediction.permute(0, 2, 1, 3, 4)[scored], target.permute(0, 2, 1, 3, 4)[scored])
+        loss = weighted_loss(prediction, target, pixel_weights(clean, config.loss.edge_weight),
+                             loss_frames(sigmas, context))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         optimizer.zero_grad(set_to_none=True)

@@ -25,4 +25,6 @@ def outline(clean: torch.Tensor) -> torch.Tensor:
 
 def pixel_weights(clean: torch.Tensor, edge_weight: float) -> torch.Tensor:
     """[B, 1, F, H, W]: 1 + edge_weight on and around object outlines of clean [B, 3, F, H, W], 1 elsewhere."""
+    if not edge_weight:
+        return torch.ones_like(clean[:, :1])  # the plain mean: no outline to find on every training step
     return 1 + edge_weight * outline(clean).float()

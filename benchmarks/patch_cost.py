@@ -1,0 +1,72 @@
+"""What a finer patch would cost: the embedded model's sampler with its 4x4 patch against a 2x2 twin.
+
+    python -m benchmarks.patch_cost [--seconds 6] [--threads 2] [--repeats 3]
+
+Both run the tiny model's config (guidance, window, steps) through the reference sampler on the same video;
+the twin is the shipped architecture with patch 2x2 (four times the tokens per frame) and random weights,
+which cost the same as trained ones. The ratio of the medians scales the demo's minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from actors.backends.factory import build_backend
+from orchestrator.config import load_config, resolve_model_path
+from training.evaluate import render_frames
+
+PROMPT = "a red circle and a blue square bouncing"
+
+
+def save_patch_twin(folder: Path, patch: int) -> Path:
+    """The shipped transformer's architecture with another spatial patch, randomly initialised."""
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    shipped = Path(resolve_model_path("builtin:tiny"), "transformer", "config.json")
+    settings = {k: v for k, v in json.loads(shipped.read_text()).items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    twin = SkyReelsV2Transformer3DModel(**{**settings, "patch_size": (1, patch, patch)})
+    twin.save_pretrained(folder / "transformer")
+    return folder
+
+
+def median_seconds(model_path: str, seconds: float, repeats: int) -> float:
+    """Median wall time of the whole sampler run (encode, every guided call, decode) after one warm-up."""
+    config = load_config(model="tiny", overrides=[f"model.path={model_path}", f"seconds={seconds}",
+                                                  f'prompts=["{PROMPT}"]'])
+    backend = build_backend(config.model)
+    render_frames(config, backend)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        render_frames(config, backend)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    twin = save_patch_twin(Path(tempfile.mkdtemp(prefix="pavdm-patch2-")), patch=2)
+    shipped = median_seconds("builtin:tiny", args.seconds, args.repeats)
+    finer = median_seconds(str(twin), args.seconds, args.repeats)
+    print(f"{args.seconds:g}-s video, {args.threads} threads, median of {args.repeats} runs")
+    print("| patch | tokens per frame | seconds | × shipped |")
+    print("|---|---|---|---|")
+    print(f"| 4×4 (shipped) | 64 | {shipped:.2f} | 1.00 |")
+    print(f"| 2×2 | 256 | {finer:.2f} | {finer / shipped:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from diffusers import SkyReelsV2Transformer3DModel
@@ -12,8 +13,11 @@ from orchestrator.schedule import Geometry, sigma_of
 from tests.tiny_models import tiny_transformer
 from training.config import load_train_config
 from training.own_context import own_context
+from training.probe import segment
 from training.recipe import OFFSET_SCALE, WindowShape, training_sigmas, window_shape
-from training.train import context_sigmas, frame_sigmas, loss_frames, train
+from training.stills import MIN_U, still_clips, still_sigmas
+from training.train import context_sigmas, frame_sigmas, is_still_step, loss_frames, train
+from training.world import parse_caption
 
 GEOMETRY = Geometry.from_config(ScheduleConfig(chunk=3, noisy_chunks=4, steps=12, context_chunks=1, shift=1.0))
 
@@ -65,13 +69,40 @@ def test_the_loss_leaves_out_the_context_and_level_zero():
     assert loss_frames(sig, 2).tolist() == [[False, False, False, True], [False, False, True, True]]
 
 
+def test_stills_are_single_frames_of_independent_scenes_with_their_captions():
+    rng = np.random.default_rng(0)
+    clean, captions = still_clips(12, 2, 32, 8.0, rng)
+    assert clean.shape == (12, 3, 1, 32, 32) and clean.min() >= -1 and clean.max() <= 1
+    assert len(set(captions)) > 6  # independent scenes, not frames of one
+    frames = ((clean[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()  # [B, H, W, 3]
+    for frame, caption in zip(frames, captions, strict=True):
+        found = {blob.colour for blob in segment(frame)}
+        assert found and found <= {o.colour for o in parse_caption(caption).objects}
+
+
+def test_stills_levels_are_drawn_one_per_frame_and_shifted():
+    sig = still_sigmas(4000, 1.0, torch.Generator().manual_seed(0))  # [B, 1]; shift 1: u
+    assert sig.shape == (4000, 1) and sig.min() >= MIN_U and sig.max() <= 1
+    assert abs(sig.mean().item() - 0.5) < 0.02 and sig.std() > 0.25  # uniform, not one level for all
+    shifted = still_sigmas(4000, 1.5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shifted, sigma_of(sig, 1.5))
+
+
+def test_still_steps_are_the_last_of_every_group():
+    config = load_train_config([], ["data.stills_every=3"])
+    assert [step for step in range(9) if is_still_step(config, step)] == [2, 5, 8]
+    assert not any(is_still_step(load_train_config([], []), step) for step in range(9))
+
+
 @pytest.mark.parametrize("override, message", [
+    (["data.stills_every=1"], "data.stills_every must be 0 (no stills) or >= 2"),
+    (["data.stills_every=2", "data.stills_batch=0"], "data.stills_batch must be >= 1"),
     (["data.context_noise=1.5"], "data.context_noise must be in [0, 1]"),
     (["data.context_noise=0.2", "data.own_context=0.5"], "choose one"),
     (["schedule.context_level=1"], "train for it with data.context_noise"),
     (["schedule.stochasticity=0.5"], "schedule.stochasticity is a sampling setting"),
 ])
-def test_bad_context_settings_are_named(override, message):
+def test_bad_data_settings_are_named(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
         load_train_config([], override)
 
@@ -96,6 +127,17 @@ def test_training_with_a_noisy_context_runs(tmp_path):
     ])
     summary = train(config, progress=False)
     assert summary["steps"] == 4 and 0 < summary["loss_last_50"] < 10
+
+
+def test_training_with_still_steps_reports_both_losses(tmp_path):
+    config = load_train_config([], [
+        f"out={tmp_path / 'model'}", "optim.steps=6", "optim.batch=2", "optim.warmup=1", "architecture.layers=1",
+        "architecture.heads=2", "architecture.ffn_dim=64", "data.size=16", "data.stills_every=2",
+        "data.stills_batch=6", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
+    ])
+    summary = train(config, progress=False)
+    assert summary["steps"] == 6
+    assert 0 < summary["loss_last_50"] < 10 and 0 < summary["stills_loss_last_50"] < 10
 
 
 def test_own_context_is_the_models_estimate_of_a_noised_copy():

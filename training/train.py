@@ -23,6 +23,7 @@ from training.edge_weight import pixel_weights
 from training.own_context import own_context
 from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_shape
 from training.regroup import regroup
+from training.stills import still_clips, still_sigmas
 from training.widen import widen
 from training.world import World, random_scene
 
@@ -89,6 +90,15 @@ def frame_sigmas(geometry: Geometry, shape: WindowShape, chunk_sigmas: torch.Ten
     return torch.cat([context, noisy], dim=1)
 
 
+def window_sigmas(config: TrainConfig, geometry: Geometry, shape: WindowShape, batch: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """A window batch's per-frame levels [B, F] (the recipe's staggered ones after the context's) and the number
+    of context frames at its front."""
+    sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, batch, generator),
+                          context_sigmas(config, batch, generator))
+    return sigmas, context_frames(geometry, shape)
+
+
 def context_sigmas(config: TrainConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
     """Level [B] of each sample's context: uniform in [0, data.context_noise], or clean (drawing nothing)."""
     if not config.data.context_noise:
@@ -110,6 +120,18 @@ def weighted_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch
     error = ((prediction - target) ** 2 * weights).permute(0, 2, 1, 3, 4)[scored]  # [N, 3, H, W]
     total = weights.expand_as(prediction).permute(0, 2, 1, 3, 4)[scored]  # [N, 3, H, W]
     return error.sum() / total.sum()
+
+
+def is_still_step(config: TrainConfig, step: int) -> bool:
+    """Whether a step trains on stills: every data.stills_every-th one (the last of each group), never at 0."""
+    every = config.data.stills_every
+    return bool(every) and step % every == every - 1
+
+
+def loss_summary(losses: list[float], prefix: str) -> dict[str, float]:
+    """The mean loss of the first and the last 50 steps of one kind."""
+    return {f"{prefix}loss_first_50": float(np.mean(losses[:50])),
+            f"{prefix}loss_last_50": float(np.mean(losses[-50:]))}
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -135,7 +157,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    step, losses, started = 0, [], time.perf_counter()
+    step, losses, started = 0, {"video": [], "stills": []}, time.perf_counter()  # the loss of every step, by kind
     if resume and (out / STATE_FILE).is_file():
         state = torch.load(out / STATE_FILE, weights_only=False)
         model.load_state_dict(state["model"])
@@ -144,18 +166,22 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         generator.set_state(state["generator"])
         rng.bit_generator.state = state["rng"]
         step, losses = state["step"], state["losses"]
+        if isinstance(losses, list):  # a state saved before still steps existed
+            losses = {"video": losses, "stills": []}
     empty = captions([""])[0]  # [L, D]: the unconditional prompt of classifier-free guidance
     bar = tqdm(total=config.optim.steps, initial=step, disable=not progress, desc="training", dynamic_ncols=True)
     while step < config.optim.steps:
-        shape = window_shape(geometry, config.data.fill_drain_fraction, generator)
-        clean, texts = sample_batch(config, geometry, shape, rng)  # [B, 3, F, H, W]
+        still = is_still_step(config, step)
+        shape = None if still else window_shape(geometry, config.data.fill_drain_fraction, generator)
+        clean, texts = (still_clips(config.data.stills_batch, config.data.max_objects, config.data.size,
+                                    config.data.fps, rng) if still
+                        else sample_batch(config, geometry, shape, rng))  # [B, 3, F, H, W], F = 1 for stills
         text = captions(texts)  # [B, L, D]
         drop = torch.rand(len(texts), generator=generator) < config.data.text_dropout
         text[drop] = empty
-        sigmas = frame_sigmas(geometry, shape, training_sigmas(geometry, shape, len(texts), generator),
-                              context_sigmas(config, len(texts), generator))  # [B, F]
+        sigmas, context = ((still_sigmas(len(texts), config.data.stills_shift, generator), 0) if still
+                           else window_sigmas(config, geometry, shape, len(texts), generator))  # [B, F], frames
         x, target = noisy_inputs(clean, sigmas, generator)
-        context = context_frames(geometry, shape)
         if context and config.data.own_context > 0:
             x[:, :, :context] = own_context(model, clean[:, :, :context], text, config.data.own_context,
                                             config.data.own_context_sigma, generator)
@@ -171,19 +197,20 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         optimizer.step()
         ema.step(model.parameters())
         step += 1
-        losses.append(loss.item())
+        losses["stills" if still else "video"].append(loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        bar.set_postfix(loss=f"{np.mean(losses['video'][-50:]):.4f}",
+                        **({"stills": f"{np.mean(losses['stills'][-50:]):.4f}"} if losses["stills"] else {}))
         if step % config.save_every == 0 or step == config.optim.steps:
             save(model, ema, optimizer, generator, rng, step, losses, out)
     bar.close()
-    summary = {"steps": step, "seconds": time.perf_counter() - started, "loss_first_50": float(np.mean(losses[:50])),
-               "loss_last_50": float(np.mean(losses[-50:])), "config": asdict(config)}
+    summary = {"steps": step, "seconds": time.perf_counter() - started, **loss_summary(losses["video"], ""),
+               **(loss_summary(losses["stills"], "stills_") if losses["stills"] else {}), "config": asdict(config)}
     (out / "training.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def save(model, ema, optimizer, generator, rng, step: int, losses: list[float], out: Path) -> None:
+def save(model, ema, optimizer, generator, rng, step: int, losses: dict[str, list[float]], out: Path) -> None:
     """The EMA weights with save_pretrained (what generation loads) and the state to continue training."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),

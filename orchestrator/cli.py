@@ -191,8 +191,11 @@ def run_train(args: argparse.Namespace) -> int:
     from training.train import train
 
     summary = train(load_train_config(args.config, args.overrides), progress=not args.quiet, resume=args.resume)
+    stills = (f"; stills {summary['stills_loss_first_50']:.4f} -> {summary['stills_loss_last_50']:.4f}"
+              if "stills_loss_first_50" in summary else "")
     print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min; loss "
-          f"{summary['loss_first_50']:.4f} -> {summary['loss_last_50']:.4f}; saved to {summary['config']['out']}")
+          f"{summary['loss_first_50']:.4f} -> {summary['loss_last_50']:.4f}{stills}; "
+          f"saved to {summary['config']['out']}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The `pavdm generate` command end to end: outputs, determinism, and one-line errors for bad input."""
+"""The `pavdm` commands end to end: outputs, determinism, and one-line errors for bad input."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,25 @@ def test_prompt_schedule_switches_the_conditioning_at_its_time(tmp_path):
     prompts = pa.ipc.open_file(str(latents)).read_all().column("prompt").to_pylist()
     # chunks of 5 frames at 8 fps: chunk 4 (frames 20-24) is the first to start at or after 2 s
     assert prompts == ["a red circle"] * 20 + ["a green square"] * 12
+
+
+MICRO_TRAINING = ["optim.steps=4", "optim.batch=2", "optim.warmup=1", "architecture.layers=1", "architecture.heads=2",
+                  "architecture.ffn_dim=64", "data.size=16", "schedule.chunk=2", "schedule.noisy_chunks=2",
+                  "schedule.steps=4"]
+
+
+def test_train_prints_both_losses_with_still_steps(tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main(["train", "--quiet", f"out={out}", *MICRO_TRAINING, "data.stills_every=2", "data.stills_batch=4"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(rf"trained 4 steps in [\d.]+ min; loss [\d.]+ -> [\d.]+; stills [\d.]+ -> [\d.]+; "
+                        rf"saved to {re.escape(str(out))}", line)
+    assert (out / "transformer" / "config.json").is_file()
+
+
+def test_train_refuses_a_bad_setting_before_any_work(tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main(["train", "--quiet", f"out={out}", *MICRO_TRAINING, "data.stills_every=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.stills_every must be 0 (no stills) or >= 2" in err and "\n" not in err
+    assert not out.exists()

@@ -9,7 +9,6 @@ which cost the same as trained ones. The ratio of the medians scales the demo's 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -19,6 +18,7 @@ import torch
 from diffusers import SkyReelsV2Transformer3DModel
 
 from actors.backends.factory import build_backend
+from benchmarks import timing_parser
 from orchestrator.config import ModelConfig, load_config, resolve_model_path
 from training.evaluate import render_frames
 
@@ -55,11 +55,7 @@ def table_row(frame: ModelConfig, patch: int, label: str, seconds: float, shippe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = timing_parser(__doc__, seconds=6.0, threads=2).parse_args()
     torch.set_num_threads(args.threads)
     settings = SkyReelsV2Transformer3DModel.load_config(resolve_model_path("builtin:tiny"), subfolder="transformer")
     twin = save_patch_twin(Path(tempfile.mkdtemp(prefix="pavdm-patch-twin-")), settings, FINER_PATCH)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import threading
@@ -20,6 +19,7 @@ import ray
 import torch
 
 from actors.backends.factory import build_backend, frame_count
+from benchmarks import timing_parser
 from benchmarks.bench_model import bench_config, temp_bench_model
 from orchestrator.config import Config, ModelConfig, ScheduleConfig
 from orchestrator.controller import Pipeline, run_video
@@ -167,11 +167,8 @@ def memory(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = timing_parser(__doc__, seconds=20.0, threads=1)
     parser.add_argument("which", choices=["overhead", "scaling", "ticks", "memory"])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--halo", type=int, default=1)
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--frames", type=int, default=2000)

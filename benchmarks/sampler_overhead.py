@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -13,6 +12,7 @@ import torch
 
 from actors.backends.base import PromptEncodings
 from actors.backends.factory import build_backend, frame_count
+from benchmarks import timing_parser
 from benchmarks.bench_model import bench_config, temp_bench_model
 from orchestrator.generate import plan_video
 from orchestrator.sampler import NoiseSource, sample
@@ -44,11 +44,7 @@ def run_forward_bound(backend, calls) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = timing_parser(__doc__, seconds=20.0, threads=2).parse_args()
     torch.set_num_threads(args.threads)
     config = bench_config(temp_bench_model(), args.seconds)
     backend = build_backend(config.model)

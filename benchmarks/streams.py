@@ -9,7 +9,6 @@ last one is written; frames/s counts the frames of all of them.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import tempfile
@@ -17,6 +16,7 @@ import time
 
 import ray
 
+from benchmarks import timing_parser
 from orchestrator.config import Config, load_config
 from orchestrator.controller import Pipeline
 from orchestrator.engine import Engine, JobQueue, StreamJob
@@ -46,11 +46,8 @@ def time_streams(pipeline: Pipeline, base: Config, count: int) -> tuple[float, i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = timing_parser(__doc__, seconds=20.0, threads=2)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output.scale=1")
     args = parser.parse_args()
     base = load_config([], [f"seconds={args.seconds}", "metrics.port=0", "pipeline.stages=1",

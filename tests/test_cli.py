@@ -13,6 +13,7 @@ from conftest import probe_mp4
 
 from orchestrator.cli import main
 from orchestrator.outputs import read_latents
+from tests.tiny_models import MICRO_TRAINING
 
 GAUSSIAN = ["--model", "gaussian", "--quiet", "model.height=16", "model.width=16", "pipeline.stages=0"]
 IN_PROCESS = ["--quiet", "pipeline.stages=0"]
@@ -169,14 +170,10 @@ def test_prompt_schedule_switches_the_conditioning_at_its_time(tmp_path):
     assert prompts == ["a red circle"] * 20 + ["a green square"] * 12
 
 
-MICRO_TRAINING = ["optim.steps=4", "optim.batch=2", "optim.warmup=1", "architecture.layers=1", "architecture.heads=2",
-                  "architecture.ffn_dim=64", "data.size=16", "schedule.chunk=2", "schedule.noisy_chunks=2",
-                  "schedule.steps=4"]
-
-
 def test_train_prints_both_losses_with_still_steps(tmp_path, capsys):
     out = tmp_path / "model"
-    assert main(["train", "--quiet", f"out={out}", *MICRO_TRAINING, "data.stills_every=2", "data.stills_batch=4"]) == 0
+    assert main(["train", "--quiet", f"out={out}", "optim.steps=4", *MICRO_TRAINING, "data.stills_every=2",
+                 "data.stills_batch=4"]) == 0
     line = capsys.readouterr().out.strip()
     assert re.fullmatch(rf"trained 4 steps in [\d.]+ min; loss [\d.]+ -> [\d.]+; stills [\d.]+ -> [\d.]+; "
                         rf"saved to {re.escape(str(out))}", line)
@@ -185,7 +182,7 @@ def test_train_prints_both_losses_with_still_steps(tmp_path, capsys):
 
 def test_train_refuses_a_bad_setting_before_any_work(tmp_path, capsys):
     out = tmp_path / "model"
-    assert main(["train", "--quiet", f"out={out}", *MICRO_TRAINING, "data.stills_every=1"]) == 2
+    assert main(["train", "--quiet", f"out={out}", "optim.steps=4", *MICRO_TRAINING, "data.stills_every=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "data.stills_every must be 0 (no stills) or >= 2" in err and "\n" not in err
     assert not out.exists()

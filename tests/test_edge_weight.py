@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from actors.codecs import from_uint8
 from orchestrator.errors import UserError
+from tests.tiny_models import MICRO_TRAINING
 from training.config import load_train_config
 from training.edge_weight import outline, pixel_weights
 from training.train import train, weighted_loss
@@ -53,10 +54,7 @@ def test_a_negative_edge_weight_is_named():
 
 
 def test_training_with_outline_weights_runs(tmp_path):
-    config = load_train_config([], [
-        f"out={tmp_path / 'model'}", "optim.steps=4", "optim.batch=2", "optim.warmup=1", "architecture.layers=1",
-        "architecture.heads=2", "architecture.ffn_dim=64", "data.size=16", "loss.edge_weight=4",
-        "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
-    ])
+    config = load_train_config([], [f"out={tmp_path / 'model'}", "optim.steps=4", *MICRO_TRAINING,
+                                    "loss.edge_weight=4"])
     summary = train(config, progress=False)
     assert summary["steps"] == 4 and 0 < summary["loss_last_50"] < 10

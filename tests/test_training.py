@@ -10,7 +10,7 @@ from diffusers import SkyReelsV2Transformer3DModel
 from orchestrator.config import ScheduleConfig
 from orchestrator.errors import UserError
 from orchestrator.schedule import Geometry, sigma_of
-from tests.tiny_models import tiny_transformer
+from tests.tiny_models import MICRO_TRAINING, tiny_transformer
 from training.config import load_train_config
 from training.own_context import own_context
 from training.probe import segment
@@ -120,21 +120,15 @@ def test_micro_training_lowers_the_loss_and_round_trips(tmp_path):
 
 
 def test_training_with_a_noisy_context_runs(tmp_path):
-    config = load_train_config([], [
-        f"out={tmp_path / 'model'}", "optim.steps=4", "optim.batch=2", "optim.warmup=1", "architecture.layers=1",
-        "architecture.heads=2", "architecture.ffn_dim=64", "data.size=16", "data.context_noise=0.3",
-        "data.fill_drain_fraction=0", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
-    ])
+    config = load_train_config([], [f"out={tmp_path / 'model'}", "optim.steps=4", *MICRO_TRAINING,
+                                    "data.context_noise=0.3", "data.fill_drain_fraction=0"])
     summary = train(config, progress=False)
     assert summary["steps"] == 4 and 0 < summary["loss_last_50"] < 10
 
 
 def test_training_with_still_steps_reports_both_losses(tmp_path):
-    config = load_train_config([], [
-        f"out={tmp_path / 'model'}", "optim.steps=6", "optim.batch=2", "optim.warmup=1", "architecture.layers=1",
-        "architecture.heads=2", "architecture.ffn_dim=64", "data.size=16", "data.stills_every=2",
-        "data.stills_batch=6", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=4",
-    ])
+    config = load_train_config([], [f"out={tmp_path / 'model'}", "optim.steps=6", *MICRO_TRAINING,
+                                    "data.stills_every=2", "data.stills_batch=6"])
     summary = train(config, progress=False)
     assert summary["steps"] == 6
     assert 0 < summary["loss_last_50"] < 10 and 0 < summary["stills_loss_last_50"] < 10

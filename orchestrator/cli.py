@@ -188,13 +188,10 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from training.config import load_train_config
-    from training.train import train
+    from training.train import describe_losses, train
 
     summary = train(load_train_config(args.config, args.overrides), progress=not args.quiet, resume=args.resume)
-    stills = (f"; stills {summary['stills_loss_first_50']:.4f} -> {summary['stills_loss_last_50']:.4f}"
-              if "stills_loss_first_50" in summary else "")
-    print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min; loss "
-          f"{summary['loss_first_50']:.4f} -> {summary['loss_last_50']:.4f}{stills}; "
+    print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min; {describe_losses(summary)}; "
           f"saved to {summary['config']['out']}")
     return 0
 

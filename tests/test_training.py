@@ -16,7 +16,7 @@ from training.own_context import own_context
 from training.probe import segment
 from training.recipe import OFFSET_SCALE, WindowShape, training_sigmas, window_shape
 from training.stills import MIN_U, still_clips, still_sigmas
-from training.train import context_sigmas, frame_sigmas, is_still_step, loss_frames, train
+from training.train import context_sigmas, describe_losses, frame_sigmas, is_still_step, loss_frames, train
 from training.world import parse_caption
 
 GEOMETRY = Geometry.from_config(ScheduleConfig(chunk=3, noisy_chunks=4, steps=12, context_chunks=1, shift=1.0))
@@ -91,11 +91,12 @@ def test_stills_levels_are_drawn_one_per_frame_and_shifted():
 def test_still_steps_are_the_last_of_every_group():
     config = load_train_config([], ["data.stills_every=3"])
     assert [step for step in range(9) if is_still_step(config, step)] == [2, 5, 8]
+    assert all(is_still_step(load_train_config([], ["data.stills_every=1"]), step) for step in range(9))
     assert not any(is_still_step(load_train_config([], []), step) for step in range(9))
 
 
 @pytest.mark.parametrize("override, message", [
-    (["data.stills_every=1"], "data.stills_every must be 0 (no stills) or >= 2"),
+    (["data.stills_every=-1"], "data.stills_every must be 0 (no stills), 1 (stills only) or more"),
     (["data.stills_every=2", "data.stills_batch=0"], "data.stills_batch must be >= 1"),
     (["data.context_noise=1.5"], "data.context_noise must be in [0, 1]"),
     (["data.context_noise=0.2", "data.own_context=0.5"], "choose one"),
@@ -132,6 +133,15 @@ def test_training_with_still_steps_reports_both_losses(tmp_path):
     summary = train(config, progress=False)
     assert summary["steps"] == 6
     assert 0 < summary["loss_last_50"] < 10 and 0 < summary["stills_loss_last_50"] < 10
+
+
+def test_a_stills_only_run_reports_the_stills_loss_alone(tmp_path):
+    config = load_train_config([], [f"out={tmp_path / 'model'}", "optim.steps=3", *MICRO_TRAINING,
+                                    "data.stills_every=1", "data.stills_batch=4"])
+    summary = train(config, progress=False)
+    assert summary["steps"] == 3 and 0 < summary["stills_loss_last_50"] < 10
+    assert "loss_first_50" not in summary  # no video window was trained on
+    assert re.fullmatch(r"stills [\d.]+ -> [\d.]+", describe_losses(summary))
 
 
 def test_own_context_is_the_models_estimate_of_a_noised_copy():

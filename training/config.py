@@ -54,7 +54,8 @@ class DataConfig:
     """Every this-many-th step (the last of each group of this many) trains on stills instead of a video window:
     single frames of `stills_batch` independent scenes, each at its own level (training/stills.py). For the tiny
     model a step of 64 stills takes about half the time of one of 8 windows of 15 frames and shows 8 times the
-    scenes: what a shape looks like for its caption is learnt from many scenes, not many frames of one; 0 = never."""
+    scenes: what a shape looks like for its caption is learnt from many scenes, not many frames of one; 0 = never,
+    1 = every step (a stills-only phase: its model draws frames but has not learnt to continue a video)."""
     stills_batch: int = 64
     """Frames (scenes) of a still step."""
     stills_shift: float = 1.5
@@ -130,9 +131,8 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
     if not 0 <= config.data.context_noise <= 1:
         raise UserError(f"data.context_noise must be in [0, 1], got {config.data.context_noise}")
     data = config.data
-    if data.stills_every == 1 or data.stills_every < 0:
-        raise UserError(f"data.stills_every must be 0 (no stills) or >= 2 (video windows in between), "
-                        f"got {data.stills_every}")
+    if data.stills_every < 0:
+        raise UserError(f"data.stills_every must be 0 (no stills), 1 (stills only) or more, got {data.stills_every}")
     if data.stills_batch < 1 or data.stills_shift <= 0:
         raise UserError(f"data.stills_batch must be >= 1 and data.stills_shift > 0, "
                         f"got {data.stills_batch} and {data.stills_shift}")

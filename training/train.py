@@ -128,10 +128,26 @@ def is_still_step(config: TrainConfig, step: int) -> bool:
     return bool(every) and step % every == every - 1
 
 
-def loss_summary(losses: list[float], prefix: str) -> dict[str, float]:
-    """The mean loss of the first and the last 50 steps of one kind."""
-    return {f"{prefix}loss_first_50": float(np.mean(losses[:50])),
-            f"{prefix}loss_last_50": float(np.mean(losses[-50:]))}
+SUMMARY_PREFIX = {"video": "", "stills": "stills_"}  # summary keys of each kind of step: loss_first_50, ...
+
+
+def loss_label(kind: str) -> str:
+    """How a kind of step's loss is named in the progress bar and the closing line."""
+    return "loss" if kind == "video" else kind
+
+
+def loss_summary(losses: dict[str, list[float]]) -> dict[str, float]:
+    """The mean loss of the first and the last 50 steps of each kind of step the run took."""
+    return {key: value for kind, prefix in SUMMARY_PREFIX.items() if losses[kind] for key, value in (
+        (f"{prefix}loss_first_50", float(np.mean(losses[kind][:50]))),
+        (f"{prefix}loss_last_50", float(np.mean(losses[kind][-50:]))))}
+
+
+def describe_losses(summary: dict) -> str:
+    """'loss 0.1000 -> 0.0800; stills 0.0900 -> 0.0700': first and last 50 steps of each kind the run took."""
+    return "; ".join(f"{loss_label(kind)} {summary[prefix + 'loss_first_50']:.4f} -> "
+                     f"{summary[prefix + 'loss_last_50']:.4f}"
+                     for kind, prefix in SUMMARY_PREFIX.items() if prefix + "loss_first_50" in summary)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -199,13 +215,13 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         step += 1
         losses["stills" if still else "video"].append(loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses['video'][-50:]):.4f}",
-                        **({"stills": f"{np.mean(losses['stills'][-50:]):.4f}"} if losses["stills"] else {}))
+        bar.set_postfix({loss_label(kind): f"{np.mean(values[-50:]):.4f}"
+                         for kind, values in losses.items() if values})
         if step % config.save_every == 0 or step == config.optim.steps:
             save(model, ema, optimizer, generator, rng, step, losses, out)
     bar.close()
-    summary = {"steps": step, "seconds": time.perf_counter() - started, **loss_summary(losses["video"], ""),
-               **(loss_summary(losses["stills"], "stills_") if losses["stills"] else {}), "config": asdict(config)}
+    summary = {"steps": step, "seconds": time.perf_counter() - started, **loss_summary(losses),
+               "config": asdict(config)}
     (out / "training.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -138,9 +138,12 @@ def loss_label(kind: str) -> str:
 
 def loss_summary(losses: dict[str, list[float]]) -> dict[str, float]:
     """The mean loss of the first and the last 50 steps of each kind of step the run took."""
-    return {key: value for kind, prefix in SUMMARY_PREFIX.items() if losses[kind] for key, value in (
-        (f"{prefix}loss_first_50", float(np.mean(losses[kind][:50]))),
-        (f"{prefix}loss_last_50", float(np.mean(losses[kind][-50:]))))}
+    summary = {}
+    for kind, prefix in SUMMARY_PREFIX.items():
+        if losses[kind]:
+            summary[f"{prefix}loss_first_50"] = float(np.mean(losses[kind][:50]))
+            summary[f"{prefix}loss_last_50"] = float(np.mean(losses[kind][-50:]))
+    return summary
 
 
 def describe_losses(summary: dict) -> str:

@@ -33,6 +33,7 @@ def test_same_seed_same_frames_other_seed_differs():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     np.testing.assert_array_equal(render_clip(TWO, 7, 24), a)
+    np.testing.assert_array_equal(render_clip(TWO, 7, 5, start=19), a[19:])  # a later stretch of the same motion
 
 
 def test_frames_continue_where_they_stopped():

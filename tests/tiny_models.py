@@ -13,6 +13,7 @@ MICRO_TRAINING = ["optim.batch=2", "optim.warmup=1", "architecture.layers=1", "a
                   "architecture.ffn_dim=64", "data.size=16", "schedule.chunk=2", "schedule.noisy_chunks=2",
                   "schedule.steps=4"]  # `pavdm train` overrides for a run of a few seconds: add out= and optim.steps=
 
+
 def tiny_transformer(in_channels: int, text_dim: int):
     from diffusers import SkyReelsV2Transformer3DModel
 

@@ -7,7 +7,7 @@ import torch
 
 from actors.codecs import from_uint8
 from orchestrator.schedule import sigma_of
-from training.world import World, random_scene
+from training.world import random_scene, render_clip
 
 MOMENTS = 40  # a still is one of the first this many frames of its scene's motion (5 s at 8 fps)
 MIN_U = 0.02  # the least level position u drawn, so that no still is shown clean (it would teach nothing)
@@ -19,9 +19,9 @@ def still_clips(batch: int, max_objects: int, size: int, fps: float, rng: np.ran
     scenes = [random_scene(rng, max_objects) for _ in range(batch)]
     clips = []
     for scene in scenes:
-        world = World(scene, int(rng.integers(2**31)), size, fps)
-        world.frames(int(rng.integers(0, MOMENTS)))  # a random moment of its motion
-        clips.append(from_uint8(torch.from_numpy(world.frames(1))))  # [3, 1, H, W]
+        seed = int(rng.integers(2**31))
+        moment = int(rng.integers(0, MOMENTS))  # a random moment of its motion
+        clips.append(from_uint8(torch.from_numpy(render_clip(scene, seed, 1, size, fps, moment))))  # [3, 1, H, W]
     return torch.stack(clips), [scene.caption for scene in scenes]
 
 

@@ -25,7 +25,7 @@ from training.recipe import WindowShape, noisy_inputs, training_sigmas, window_s
 from training.regroup import regroup
 from training.stills import still_clips, still_sigmas
 from training.widen import widen
-from training.world import World, random_scene
+from training.world import random_scene, render_clip
 
 STATE_FILE = "training_state.pt"
 
@@ -68,9 +68,10 @@ def sample_batch(config: TrainConfig, geometry: Geometry, shape: WindowShape, rn
     clips, captions = [], []
     for _ in range(config.optim.batch):
         scene = random_scene(rng, config.data.max_objects)
-        world = World(scene, int(rng.integers(2**31)), config.data.size, config.data.fps)
-        world.frames(int(rng.integers(0, 4 * geometry.chunk)))  # a random phase of the motion
-        frames = world.frames(chunks * geometry.chunk)  # [F, H, W, 3] uint8
+        seed = int(rng.integers(2**31))
+        start = int(rng.integers(0, 4 * geometry.chunk))  # a random phase of the motion
+        frames = render_clip(scene, seed, chunks * geometry.chunk, config.data.size, config.data.fps,
+                             start)  # [F, H, W, 3] uint8
         clips.append(from_uint8(torch.from_numpy(frames)))  # [3, F, H, W]
         captions.append(scene.caption)
     return torch.stack(clips), captions

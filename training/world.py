@@ -218,6 +218,9 @@ class World(ScriptedWorld):
         self.scene = scene
 
 
-def render_clip(scene: Scene, seed: int, frames: int, size: int = 32, fps: float = 8.0) -> np.ndarray:
-    """[frames, size, size, 3] uint8: the first frames of World(scene, seed)."""
-    return World(scene, seed, size, fps).frames(frames)
+def render_clip(scene: Scene, seed: int, frames: int, size: int = 32, fps: float = 8.0, start: int = 0
+                ) -> np.ndarray:
+    """[frames, size, size, 3] uint8: frames start .. start + frames - 1 of World(scene, seed)."""
+    world = World(scene, seed, size, fps)
+    world.frames(start)
+    return world.frames(frames)

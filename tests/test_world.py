@@ -84,8 +84,11 @@ def test_scripted_world_switches_scene_at_the_scripted_time():
     assert (colour_pixels(frames[12:], "blue") > 0).all() and (colour_pixels(frames[12:], "yellow") > 0).all()
     assert world.caption_at(1.49) == "a red circle bouncing"
     assert world.caption_at(1.5) == world.caption_at(30.0) == "a blue square and a yellow triangle bouncing"
+    skipped = ScriptedWorld(script, seed=5, fps=8.0)
+    skipped.skip(10)  # across the switch, undrawn
+    np.testing.assert_array_equal(skipped.frames(14), frames[10:])
     plain = World(RED_CIRCLE, seed=5)
-    plain.frames(24)
+    plain.skip(24)
     kept = world.bodies[0]  # the first object of the new scene carries on the red circle's motion
     assert (kept.spec, kept.x, kept.y) == (TWO.objects[0], plain.bodies[0].x, plain.bodies[0].y)
 

@@ -188,11 +188,20 @@ class ScriptedWorld:
         """[n, size, size, 3] uint8: the next n frames; the world moves on, so frames(5) twice equals frames(10)."""
         out = np.empty((n, self.size, self.size, 3), dtype=np.uint8)
         for i in range(n):
-            self._enter_scene(_last_at_or_before(self._switches, self.frame_index))
             out[i] = render(self.bodies, self.size, background_at(self.frame_index, self.fps, self._phase))
-            self.bodies = tuple(step(body, self.size) for body in self.bodies)
-            self.frame_index += 1
+            self._move_on()
         return out
+
+    def skip(self, n: int) -> None:
+        """Move the world on n frames without drawing them: frames() then goes on as if it had drawn them."""
+        for _ in range(n):
+            self._move_on()
+
+    def _move_on(self) -> None:
+        """One frame later: the bodies step, and the scene in force at the next frame takes over."""
+        self.bodies = tuple(step(body, self.size) for body in self.bodies)
+        self.frame_index += 1
+        self._enter_scene(_last_at_or_before(self._switches, self.frame_index))
 
     def _enter_scene(self, index: int) -> None:
         """Swap in the objects of scene `index`: existing bodies keep their motion, extra objects spawn fresh."""
@@ -222,5 +231,5 @@ def render_clip(scene: Scene, seed: int, frames: int, size: int = 32, fps: float
                 ) -> np.ndarray:
     """[frames, size, size, 3] uint8: frames start .. start + frames - 1 of World(scene, seed)."""
     world = World(scene, seed, size, fps)
-    world.frames(start)
+    world.skip(start)
     return world.frames(frames)

@@ -113,6 +113,10 @@ def build_parser() -> Parser:
                     help=f"schedules, any of {', '.join(SCHEDULE_KINDS)} (default: all); this option "
                          "and --seeds take every word after them, so give KEY=VALUE overrides first")
     ev.add_argument("--out-dir", default="eval", help="folder for the results (default eval)")
+    ev.add_argument("--stills", action="store_true",
+                    help="instead of videos, draw one still per seed from each prompt alone (no context) and "
+                         "score how often the prompted objects are there with their colour and shape; default "
+                         "prompts: eight one-object captions; writes stills.json and stills.png")
     add_common_options(ev)
 
     bat = commands.add_parser(
@@ -201,11 +205,26 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from training.evaluate import PROMPTS, evaluate, report
 
+    if args.stills:
+        return run_eval_stills(args)
     if not args.seconds > 0:
         raise UserError(f"--seconds must be > 0, got {args.seconds}")
     summary = evaluate(args.model, args.seconds, args.seeds, args.prompt or list(PROMPTS), args.kinds,
                        Path(args.out_dir), args.overrides, progress=not args.quiet)
     print(report(summary, args.seconds), end="")
+    print(f"results in {args.out_dir}/")
+    return 0
+
+
+def run_eval_stills(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.stills_eval import STILL_PROMPTS, evaluate_stills
+
+    presence = evaluate_stills(args.model, args.seeds, args.prompt or list(STILL_PROMPTS), Path(args.out_dir),
+                               args.overrides, progress=not args.quiet)
+    width = max(map(len, presence))
+    print("\n".join(f"{prompt:<{width}}  {value:.2f}" for prompt, value in presence.items()))
     print(f"results in {args.out_dir}/")
     return 0
 

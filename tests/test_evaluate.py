@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 from orchestrator.cli import main
 from training.evaluate import METRICS, Scored, report, summarise
 
@@ -37,3 +39,40 @@ def test_summary_change_comes_with_an_interval_over_resampled_videos():
     blank = summarise([video(math.nan, math.nan)], 20.0)["progressive"]["presence"]
     assert all(math.isnan(blank[k]) for k in ("first", "change", "low", "high"))
     assert "| progressive | presence | 1.000 | 1.000 | +0.0% |" in report(mixed, 20.0)
+
+
+def test_eval_stills_scores_each_prompt_and_draws_a_row_of_stills_per_prompt(tmp_path, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "stills"
+    prompts = ["a red circle bouncing", "a blue square bouncing"]
+    code = main(["eval", "--stills", "--seeds", "0", "1", "2", "--prompt", prompts[0], "--prompt", prompts[1],
+                 "--out-dir", str(out), "--quiet"])
+    assert code == 0
+    results = json.loads((out / "stills.json").read_text())
+    presence = results["presence"]
+    assert results["seeds"] == [0, 1, 2] and list(presence) == [*prompts, "mean"]
+    assert all(0 <= presence[p] <= 1 for p in prompts) and presence["mean"] == (presence[prompts[0]]
+                                                                                 + presence[prompts[1]]) / 2
+    assert matplotlib.image.imread(out / "stills.png").shape[:2] == (2 * 34 * 3, 3 * 34 * 3)  # 2 rows of 3 stills
+    assert "a blue square bouncing" in capsys.readouterr().out
+
+
+def test_a_still_depends_on_its_seed_alone_not_on_the_batch_it_is_drawn_in():
+    from actors.backends.factory import build_backend
+    from orchestrator.config import load_config
+    from training.stills_eval import sample_stills
+
+    backend = build_backend(load_config([], [], model="tiny").model)
+    together = sample_stills(backend, "a red circle bouncing", [3, 4], steps=4, shift=1.5)  # [2, 32, 32, 3]
+    alone = sample_stills(backend, "a red circle bouncing", [4], steps=4, shift=1.5)
+    assert together.shape == (2, 32, 32, 3) and together.dtype == np.uint8
+    assert np.abs(together[1].astype(int) - alone[0]).max() <= 1  # batched float sums may round one level apart
+    assert (together[0] != together[1]).any()
+
+
+def test_eval_refuses_a_caption_the_probe_cannot_score_before_any_work(tmp_path, capsys):
+    for stills in ([], ["--stills"]):
+        out = tmp_path / f"eval{len(stills)}"
+        assert main(["eval", *stills, "--prompt", "a purple dog bouncing", "--out-dir", str(out), "--quiet"]) == 2
+        assert "unknown colour 'purple'" in capsys.readouterr().err and not out.exists()

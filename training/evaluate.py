@@ -15,10 +15,11 @@ from tqdm import tqdm
 from actors.backends.base import Backend, PromptEncodings
 from actors.backends.factory import build_backend, frame_count
 from orchestrator.config import Config, load_config
+from orchestrator.errors import UserError
 from orchestrator.generate import plan_video
 from orchestrator.sampler import NoiseSource, sample
 from training.probe import score_video
-from training.world import parse_caption
+from training.world import Scene, parse_caption
 
 PROMPTS = (
     "a red circle bouncing",
@@ -31,6 +32,14 @@ METRICS = ("presence", "count_stability", "size_stability", "smoothness", "backg
            "colour_drift", "abruptness")
 WINDOW_SECONDS = 10.0  # the first and the last this many seconds are compared
 BOOTSTRAP = 2000  # resamplings of the videos behind the interval of each change
+
+
+def world_scenes(prompts: list[str]) -> dict[str, Scene]:
+    """The scene each prompt asks for, read before any work so that a prompt the probe cannot score fails first."""
+    try:
+        return {prompt: parse_caption(prompt) for prompt in prompts}
+    except ValueError as err:
+        raise UserError(f"the probe scores only world captions: {err}") from None
 
 
 def render_frames(config: Config, backend: Backend) -> np.ndarray:
@@ -122,14 +131,22 @@ def plot(scored: list[Scored], out_dir: Path) -> list[Path]:
     return paths
 
 
-def frame_strip(frames: np.ndarray, fps: float, every_seconds: float, path: Path, scale: int = 3) -> Path:
-    """A PNG of frames taken every `every_seconds`, side by side, enlarged `scale` times."""
+def framed_row(frames: np.ndarray) -> np.ndarray:
+    """[K, H, W, 3] frames side by side, each framed in white: [H+2, K*(W+2), 3]."""
+    return np.concatenate([np.pad(f, ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in frames], axis=1)
+
+
+def save_enlarged(image: np.ndarray, path: Path, scale: int = 3) -> Path:
+    """An [H, W, 3] uint8 image as a PNG, every pixel a scale x scale block."""
     import matplotlib.image
 
-    picks = frames[:: max(1, round(every_seconds * fps))]  # [K, H, W, 3]
-    strip = np.concatenate([np.pad(f, ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in picks], axis=1)
-    matplotlib.image.imsave(path, strip.repeat(scale, axis=0).repeat(scale, axis=1))
+    matplotlib.image.imsave(path, image.repeat(scale, axis=0).repeat(scale, axis=1))
     return path
+
+
+def frame_strip(frames: np.ndarray, fps: float, every_seconds: float, path: Path) -> Path:
+    """A PNG of frames taken every `every_seconds`, side by side, enlarged."""
+    return save_enlarged(framed_row(frames[:: max(1, round(every_seconds * fps))]), path)
 
 
 def report(summary: dict, seconds: float) -> str:
@@ -147,6 +164,7 @@ def report(summary: dict, seconds: float) -> str:
 def evaluate(model: str, seconds: float, seeds: list[int], prompts: list[str], kinds: list[str], out_dir: Path,
              overrides: list[str] = (), progress: bool = True) -> dict:
     """Generate, score, summarise, plot; writes results.json, report.md, <metric>.png and strip.png."""
+    scenes = world_scenes(prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
     scored: list[Scored] = []
     backend = None
@@ -156,7 +174,7 @@ def evaluate(model: str, seconds: float, seeds: list[int], prompts: list[str], k
         config.prompts, config.seconds, config.seed = [prompt], seconds, seed
         backend = backend or build_backend(config.model)
         frames = render_frames(config, backend)
-        scored.append(Scored(kind, prompt, seed, score_video(frames, parse_caption(prompt), config.fps)))
+        scored.append(Scored(kind, prompt, seed, score_video(frames, scenes[prompt], config.fps)))
         if kind == kinds[0] and prompt == prompts[0] and seed == seeds[0]:
             frame_strip(frames, config.fps, seconds / 10, out_dir / "strip.png")
     summary = summarise(scored, seconds)

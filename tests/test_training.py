@@ -98,6 +98,8 @@ def test_still_steps_are_the_last_of_every_group():
 @pytest.mark.parametrize("override, message", [
     (["data.stills_every=-1"], "data.stills_every must be 0 (no stills), 1 (stills only) or more"),
     (["data.stills_every=2", "data.stills_batch=0"], "data.stills_batch must be >= 1"),
+    (["data.max_objects=0"], "data.max_objects must be in 1..7 (the world's colours), got 0"),
+    (["data.stills_max_objects=8"], "data.stills_max_objects must be in 0..7"),
     (["data.context_noise=1.5"], "data.context_noise must be in [0, 1]"),
     (["data.context_noise=0.2", "data.own_context=0.5"], "choose one"),
     (["schedule.context_level=1"], "train for it with data.context_noise"),
@@ -155,3 +157,19 @@ def test_own_context_is_the_models_estimate_of_a_noised_copy():
     estimate = own_context(model, context, text, share=1.0, max_sigma=0.5, generator=torch.Generator().manual_seed(0))
     changed = (estimate - context).abs().flatten(1).amax(1)  # [B]
     assert (changed > 1e-3).all() and estimate.abs().max() <= 1
+
+
+def test_stills_draw_their_own_number_of_objects(tmp_path, monkeypatch):
+    import training.train
+
+    asked = []
+
+    def recording_still_clips(batch, max_objects, *rest):
+        asked.append(max_objects)
+        return still_clips(batch, max_objects, *rest)
+
+    monkeypatch.setattr(training.train, "still_clips", recording_still_clips)
+    overrides = [*MICRO_TRAINING, "optim.steps=2", "data.stills_every=1", "data.stills_batch=2", "data.max_objects=3"]
+    train(load_train_config([], [f"out={tmp_path / 'a'}", *overrides, "data.stills_max_objects=1"]), progress=False)
+    train(load_train_config([], [f"out={tmp_path / 'b'}", *overrides]), progress=False)
+    assert asked == [1, 1, 3, 3]  # stills_max_objects, then max_objects when it is 0

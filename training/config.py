@@ -7,6 +7,7 @@ from pathlib import Path
 
 from orchestrator.config import ScheduleConfig, merge_layers, read_yaml
 from orchestrator.errors import UserError
+from training.world import COLOURS
 
 
 @dataclass
@@ -58,6 +59,9 @@ class DataConfig:
     1 = every step (a stills-only phase: its model draws frames but has not learnt to continue a video)."""
     stills_batch: int = 64
     """Frames (scenes) of a still step."""
+    stills_max_objects: int = 0
+    """Objects per still's scene (1..this); 0 = max_objects. One-object stills bind each shape word to its outline
+    (EVALUATION.md, "Can this architecture draw a square at all") while the windows show scenes of several."""
     stills_shift: float = 1.5
     """Time shift of the stills' levels (u uniform): 1.5, the tiny model's sampling shift, puts more of them at
     the middle levels, where an object's outline is drawn, than the windows' 3."""
@@ -133,6 +137,11 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
     data = config.data
     if data.stills_every < 0:
         raise UserError(f"data.stills_every must be 0 (no stills), 1 (stills only) or more, got {data.stills_every}")
+    for key in ("max_objects", "stills_max_objects"):
+        least = 1 if key == "max_objects" else 0
+        if not least <= getattr(data, key) <= len(COLOURS):
+            raise UserError(f"data.{key} must be in {least}..{len(COLOURS)} (the world's colours), "
+                            f"got {getattr(data, key)}")
     if data.stills_batch < 1 or data.stills_shift <= 0:
         raise UserError(f"data.stills_batch must be >= 1 and data.stills_shift > 0, "
                         f"got {data.stills_batch} and {data.stills_shift}")

@@ -193,8 +193,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     while step < config.optim.steps:
         still = is_still_step(config, step)
         shape = None if still else window_shape(geometry, config.data.fill_drain_fraction, generator)
-        clean, texts = (still_clips(config.data.stills_batch, config.data.max_objects, config.data.size,
-                                    config.data.fps, rng) if still
+        clean, texts = (still_clips(config.data.stills_batch, config.data.stills_max_objects or config.data.max_objects,
+                                    config.data.size, config.data.fps, rng) if still
                         else sample_batch(config, geometry, shape, rng))  # [B, 3, F, H, W], F = 1 for stills
         text = captions(texts)  # [B, L, D]
         drop = torch.rand(len(texts), generator=generator) < config.data.text_dropout

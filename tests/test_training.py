@@ -173,3 +173,24 @@ def test_stills_draw_their_own_number_of_objects(tmp_path, monkeypatch):
     train(load_train_config([], [f"out={tmp_path / 'a'}", *overrides, "data.stills_max_objects=1"]), progress=False)
     train(load_train_config([], [f"out={tmp_path / 'b'}", *overrides]), progress=False)
     assert asked == [1, 1, 3, 3]  # stills_max_objects, then max_objects when it is 0
+
+
+def test_frozen_parameters_leave_training_as_they_came(tmp_path):
+    from tests.tiny_models import MINILM_DIM
+
+    tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
+    base = dict(SkyReelsV2Transformer3DModel.from_pretrained(tmp_path / "base", subfolder="transformer")
+                .named_parameters())
+    architecture = ["architecture.patch=2", "architecture.heads=2", "architecture.head_dim=8",
+                    "architecture.ffn_dim=32", "architecture.layers=2"]
+    config = load_train_config([], [*MICRO_TRAINING, *architecture, f"init_from={tmp_path / 'base'}",
+                                    f"out={tmp_path / 'out'}", "optim.steps=3", "optim.lr=1e-2",
+                                    "optim.frozen=[attn2,text_embedder]"])
+    train(config, progress=False)
+    trained = SkyReelsV2Transformer3DModel.from_pretrained(tmp_path / "out", subfolder="transformer")
+    for name, parameter in trained.named_parameters():
+        same = torch.equal(parameter, base[name])
+        assert same == ("attn2" in name or "text_embedder" in name), name
+    config.optim.frozen = ["attn3"]
+    with pytest.raises(UserError, match="optim.frozen: no parameter name contains 'attn3'"):
+        train(config, progress=False)

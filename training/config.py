@@ -89,6 +89,9 @@ class OptimConfig:
     """EMA decay of the saved weights."""
     threads: int = 0
     """Torch threads; 0 = all cores."""
+    frozen: list[str] = field(default_factory=list)
+    """Parameters left as loaded: those whose names contain any of these words, e.g. [attn2,text_embedder] for the
+    text's path (every cross-attention and the caption embedder); each word must name at least one parameter."""
 
 
 @dataclass

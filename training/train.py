@@ -16,6 +16,7 @@ from actors.backends.skyreels import TRAIN_TIMESTEPS
 from actors.backends.text import load_text_encoder
 from actors.codecs import from_uint8
 from orchestrator.config import ModelConfig
+from orchestrator.errors import UserError
 from orchestrator.schedule import Geometry
 from training.config import TrainConfig
 from training.deepen import check_architecture, deepen
@@ -162,6 +163,16 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return optim.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def freeze(model: torch.nn.Module, words: list[str]) -> None:
+    """Stop training the parameters whose names contain any of `words`; a word that names none is an error."""
+    names = [name for name, _ in model.named_parameters()]
+    if unknown := [word for word in words if not any(word in name for name in names)]:
+        raise UserError(f"optim.frozen: no parameter name contains {', '.join(map(repr, unknown))}")
+    for name, parameter in model.named_parameters():
+        if any(word in name for word in words):
+            parameter.requires_grad_(False)
+
+
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
     """Run the recipe; returns a summary (steps, seconds, final loss) also written to <out>/training.json."""
     from diffusers.training_utils import EMAModel
@@ -173,6 +184,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     out = Path(config.out)
     captions = CaptionEmbeddings()
     model = build_transformer(config, captions.encoder.dim).train()
+    freeze(model, config.optim.frozen)
     ema = EMAModel(model.parameters(), decay=config.optim.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)

@@ -106,10 +106,10 @@ def build_parser() -> Parser:
                     "(report.md), results.json and a PNG plot per metric.",
     )
     ev.add_argument("--model", default="tiny", metavar="NAME|PATH", help="model to evaluate (default tiny)")
-    ev.add_argument("--seconds", type=float, default=60.0, help="length of every video (default 60)")
+    ev.add_argument("--seconds", type=float, help="length of every video (default 60)")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     ev.add_argument("--prompt", action="append", help="prompts (default: five fixed world captions)")
-    ev.add_argument("--kinds", nargs="+", choices=SCHEDULE_KINDS, default=list(SCHEDULE_KINDS), metavar="KIND",
+    ev.add_argument("--kinds", nargs="+", choices=SCHEDULE_KINDS, metavar="KIND",
                     help=f"schedules, any of {', '.join(SCHEDULE_KINDS)} (default: all); this option "
                          "and --seeds take every word after them, so give KEY=VALUE overrides first")
     ev.add_argument("--out-dir", default="eval", help="folder for the results (default eval)")
@@ -201,17 +201,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.stills:
+        return run_eval_stills(args)
     from pathlib import Path
 
     from training.evaluate import PROMPTS, evaluate, report
 
-    if args.stills:
-        return run_eval_stills(args)
-    if not args.seconds > 0:
-        raise UserError(f"--seconds must be > 0, got {args.seconds}")
-    summary = evaluate(args.model, args.seconds, args.seeds, args.prompt or list(PROMPTS), args.kinds,
-                       Path(args.out_dir), args.overrides, progress=not args.quiet)
-    print(report(summary, args.seconds), end="")
+    seconds = 60.0 if args.seconds is None else args.seconds
+    if not seconds > 0:
+        raise UserError(f"--seconds must be > 0, got {seconds}")
+    summary = evaluate(args.model, seconds, args.seeds, args.prompt or list(PROMPTS),
+                       args.kinds or list(SCHEDULE_KINDS), Path(args.out_dir), args.overrides,
+                       progress=not args.quiet)
+    print(report(summary, seconds), end="")
     print(f"results in {args.out_dir}/")
     return 0
 
@@ -221,6 +223,8 @@ def run_eval_stills(args: argparse.Namespace) -> int:
 
     from training.stills_eval import STILL_PROMPTS, evaluate_stills
 
+    if args.seconds is not None or args.kinds is not None:
+        raise UserError("--stills draws single frames under no schedule; --seconds and --kinds do not apply")
     presence = evaluate_stills(args.model, args.seeds, args.prompt or list(STILL_PROMPTS), Path(args.out_dir),
                                args.overrides, progress=not args.quiet)
     width = max(map(len, presence))

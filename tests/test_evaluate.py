@@ -76,3 +76,10 @@ def test_eval_refuses_a_caption_the_probe_cannot_score_before_any_work(tmp_path,
         out = tmp_path / f"eval{len(stills)}"
         assert main(["eval", *stills, "--prompt", "a purple dog bouncing", "--out-dir", str(out), "--quiet"]) == 2
         assert "unknown colour 'purple'" in capsys.readouterr().err and not out.exists()
+
+
+def test_eval_stills_refuses_the_video_options_it_would_ignore(tmp_path, capsys):
+    out = tmp_path / "stills"
+    for option in (["--seconds", "10"], ["--kinds", "progressive"]):
+        assert main(["eval", "--stills", *option, "--out-dir", str(out), "--quiet"]) == 2
+        assert "--seconds and --kinds do not apply" in capsys.readouterr().err and not out.exists()

@@ -93,11 +93,15 @@ def test_still_steps_are_the_last_of_every_group():
     assert [step for step in range(9) if is_still_step(config, step)] == [2, 5, 8]
     assert all(is_still_step(load_train_config([], ["data.stills_every=1"]), step) for step in range(9))
     assert not any(is_still_step(load_train_config([], []), step) for step in range(9))
+    mostly_stills = load_train_config([], ["data.stills_every=1", "data.windows_every=4"])
+    assert [step for step in range(9) if not is_still_step(mostly_stills, step)] == [3, 7]
 
 
 @pytest.mark.parametrize("override, message", [
     (["data.stills_every=-1"], "data.stills_every must be 0 (no stills), 1 (stills only) or more"),
     (["data.stills_every=2", "data.stills_batch=0"], "data.stills_batch must be >= 1"),
+    (["data.stills_every=2", "data.windows_every=4"], "data.windows_every must be 0 or, with data.stills_every=1"),
+    (["data.stills_every=1", "data.windows_every=-1"], "data.windows_every must be 0 or"),
     (["data.max_objects=0"], "data.max_objects must be in 1..7 (the world's colours), got 0"),
     (["data.stills_max_objects=8"], "data.stills_max_objects must be in 0..7"),
     (["data.context_noise=1.5"], "data.context_noise must be in [0, 1]"),

@@ -57,6 +57,9 @@ class DataConfig:
     model a step of 64 stills takes about half the time of one of 8 windows of 15 frames and shows 8 times the
     scenes: what a shape looks like for its caption is learnt from many scenes, not many frames of one; 0 = never,
     1 = every step (a stills-only phase: its model draws frames but has not learnt to continue a video)."""
+    windows_every: int = 0
+    """With stills_every = 1, every this-many-th step (the last of each group) trains on video windows after all,
+    so that a long phase of mostly stills keeps the model able to continue a video; 0 = never."""
     stills_batch: int = 64
     """Frames (scenes) of a still step."""
     stills_max_objects: int = 0
@@ -140,8 +143,10 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
     data = config.data
     if data.stills_every < 0:
         raise UserError(f"data.stills_every must be 0 (no stills), 1 (stills only) or more, got {data.stills_every}")
-    for key in ("max_objects", "stills_max_objects"):
-        least = 1 if key == "max_objects" else 0
+    if data.windows_every < 0 or (data.windows_every and data.stills_every != 1):
+        raise UserError(f"data.windows_every must be 0 or, with data.stills_every=1, 1 or more, "
+                        f"got {data.windows_every} with data.stills_every={data.stills_every}")
+    for key, least in {"max_objects": 1, "stills_max_objects": 0}.items():
         if not least <= getattr(data, key) <= len(COLOURS):
             raise UserError(f"data.{key} must be in {least}..{len(COLOURS)} (the world's colours), "
                             f"got {getattr(data, key)}")

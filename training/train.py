@@ -125,8 +125,11 @@ def weighted_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch
 
 
 def is_still_step(config: TrainConfig, step: int) -> bool:
-    """Whether a step trains on stills: every data.stills_every-th one (the last of each group), never at 0."""
-    every = config.data.stills_every
+    """Whether a step trains on stills: every data.stills_every-th one (the last of each group), never at 0; with
+    stills_every = 1, all but every data.windows_every-th one."""
+    every, windows_every = config.data.stills_every, config.data.windows_every
+    if every == 1 and windows_every:
+        return step % windows_every != windows_every - 1
     return bool(every) and step % every == every - 1
 
 
@@ -165,10 +168,10 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 def freeze(model: torch.nn.Module, words: list[str]) -> None:
     """Stop training the parameters whose names contain any of `words`; a word that names none is an error."""
-    names = [name for name, _ in model.named_parameters()]
-    if unknown := [word for word in words if not any(word in name for name in names)]:
+    parameters = dict(model.named_parameters())
+    if unknown := [word for word in words if not any(word in name for name in parameters)]:
         raise UserError(f"optim.frozen: no parameter name contains {', '.join(map(repr, unknown))}")
-    for name, parameter in model.named_parameters():
+    for name, parameter in parameters.items():
         if any(word in name for word in words):
             parameter.requires_grad_(False)
 

@@ -117,6 +117,9 @@ def build_parser() -> Parser:
                     help="instead of videos, draw one still per seed from each prompt alone (no context) and "
                          "score how often the prompted objects are there with their colour and shape; default "
                          "prompts: eight one-object captions; writes stills.json and stills.png")
+    ev.add_argument("--frames", type=int,
+                    help="with --stills: frames drawn together in each still, at one level (default 1; a "
+                         "chunk's worth draws them as a video's first chunk is drawn)")
     add_common_options(ev)
 
     bat = commands.add_parser(
@@ -207,6 +210,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from training.evaluate import PROMPTS, evaluate, report
 
+    if args.frames is not None:
+        raise UserError("--frames applies to --stills only")
     seconds = 60.0 if args.seconds is None else args.seconds
     if not seconds > 0:
         raise UserError(f"--seconds must be > 0, got {seconds}")
@@ -225,8 +230,11 @@ def run_eval_stills(args: argparse.Namespace) -> int:
 
     if args.seconds is not None or args.kinds is not None:
         raise UserError("--stills draws single frames under no schedule; --seconds and --kinds do not apply")
+    frames = 1 if args.frames is None else args.frames
+    if frames < 1:
+        raise UserError(f"--frames must be >= 1, got {frames}")
     presence = evaluate_stills(args.model, args.seeds, args.prompt or list(STILL_PROMPTS), Path(args.out_dir),
-                               args.overrides, progress=not args.quiet)
+                               args.overrides, frames, progress=not args.quiet)
     width = max(map(len, presence))
     print("\n".join(f"{prompt:<{width}}  {value:.2f}" for prompt, value in presence.items()))
     print(f"results in {args.out_dir}/")

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from orchestrator.cli import main
 from training.evaluate import METRICS, Scored, report, summarise
@@ -64,9 +65,9 @@ def test_a_still_depends_on_its_seed_alone_not_on_the_batch_it_is_drawn_in():
     from training.stills_eval import sample_stills
 
     backend = build_backend(load_config([], [], model="tiny").model)
-    together = sample_stills(backend, "a red circle bouncing", [3, 4], steps=4, shift=1.5)  # [2, 32, 32, 3]
+    together = sample_stills(backend, "a red circle bouncing", [3, 4], steps=4, shift=1.5)  # [2, 1, 32, 32, 3]
     alone = sample_stills(backend, "a red circle bouncing", [4], steps=4, shift=1.5)
-    assert together.shape == (2, 32, 32, 3) and together.dtype == np.uint8
+    assert together.shape == (2, 1, 32, 32, 3) and together.dtype == np.uint8
     assert np.abs(together[1].astype(int) - alone[0]).max() <= 1  # batched float sums may round one level apart
     assert (together[0] != together[1]).any()
 
@@ -78,8 +79,23 @@ def test_eval_refuses_a_caption_the_probe_cannot_score_before_any_work(tmp_path,
         assert "unknown colour 'purple'" in capsys.readouterr().err and not out.exists()
 
 
-def test_eval_stills_refuses_the_video_options_it_would_ignore(tmp_path, capsys):
-    out = tmp_path / "stills"
-    for option in (["--seconds", "10"], ["--kinds", "progressive"]):
-        assert main(["eval", "--stills", *option, "--out-dir", str(out), "--quiet"]) == 2
-        assert "--seconds and --kinds do not apply" in capsys.readouterr().err and not out.exists()
+def test_a_still_of_several_frames_draws_them_together():
+    from actors.backends.factory import build_backend
+    from orchestrator.config import load_config
+    from training.stills_eval import sample_stills
+
+    backend = build_backend(load_config([], [], model="tiny").model)
+    chunk = sample_stills(backend, "a red circle bouncing", [4], steps=4, shift=1.5, frames=3)  # [1, 3, 32, 32, 3]
+    assert chunk.shape == (1, 3, 32, 32, 3) and (chunk[0, 0] != chunk[0, 1]).any()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--stills", "--seconds", "10"], "--seconds and --kinds do not apply"),
+    (["--stills", "--kinds", "progressive"], "--seconds and --kinds do not apply"),
+    (["--stills", "--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--frames", "3"], "--frames applies to --stills only"),
+])
+def test_eval_refuses_options_that_do_not_apply(tmp_path, capsys, options, message):
+    out = tmp_path / "eval"
+    assert main(["eval", *options, "--out-dir", str(out), "--quiet"]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

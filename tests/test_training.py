@@ -71,7 +71,7 @@ def test_the_loss_leaves_out_the_context_and_level_zero():
 
 def test_stills_are_single_frames_of_independent_scenes_with_their_captions():
     rng = np.random.default_rng(0)
-    clean, captions = still_clips(12, 2, 32, 8.0, rng)
+    clean, captions = still_clips(12, 2, 1, 32, 8.0, rng)
     assert clean.shape == (12, 3, 1, 32, 32) and clean.min() >= -1 and clean.max() <= 1
     assert len(set(captions)) > 6  # independent scenes, not frames of one
     frames = ((clean[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()  # [B, H, W, 3]
@@ -80,12 +80,26 @@ def test_stills_are_single_frames_of_independent_scenes_with_their_captions():
         assert found and found <= {o.colour for o in parse_caption(caption).objects}
 
 
-def test_stills_levels_are_drawn_one_per_frame_and_shifted():
-    sig = still_sigmas(4000, 1.0, torch.Generator().manual_seed(0))  # [B, 1]; shift 1: u
+def test_stills_of_several_frames_are_consecutive_frames_of_one_scene():
+    clean, captions = still_clips(6, 1, 3, 32, 8.0, np.random.default_rng(1))  # [B, 3, F, H, W]
+    assert clean.shape == (6, 3, 3, 32, 32)
+    frames = ((clean.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().byte().numpy()  # [B, F, H, W, 3]
+    for clip, caption in zip(frames, captions, strict=True):
+        (shown,) = parse_caption(caption).objects
+        blobs = [segment(frame) for frame in clip]
+        assert all([blob.colour for blob in frame_blobs] == [shown.colour] for frame_blobs in blobs)
+        centres = [frame_blobs[0].centroid for frame_blobs in blobs]
+        assert centres[0] != centres[1]  # the object moves from frame to frame
+
+
+def test_stills_levels_are_drawn_one_per_still_and_shifted():
+    sig = still_sigmas(4000, 1, 1.0, torch.Generator().manual_seed(0))  # [B, 1]; shift 1: u
     assert sig.shape == (4000, 1) and sig.min() >= MIN_U and sig.max() <= 1
     assert abs(sig.mean().item() - 0.5) < 0.02 and sig.std() > 0.25  # uniform, not one level for all
-    shifted = still_sigmas(4000, 1.5, torch.Generator().manual_seed(0))
+    shifted = still_sigmas(4000, 1, 1.5, torch.Generator().manual_seed(0))
     torch.testing.assert_close(shifted, sigma_of(sig, 1.5))
+    chunks = still_sigmas(4000, 3, 1.5, torch.Generator().manual_seed(0))  # [B, 3]: one level over each still
+    torch.testing.assert_close(chunks, shifted.expand(4000, 3))
 
 
 def test_still_steps_are_the_last_of_every_group():
@@ -99,7 +113,8 @@ def test_still_steps_are_the_last_of_every_group():
 
 @pytest.mark.parametrize("override, message", [
     (["data.stills_every=-1"], "data.stills_every must be 0 (no stills), 1 (stills only) or more"),
-    (["data.stills_every=2", "data.stills_batch=0"], "data.stills_batch must be >= 1"),
+    (["data.stills_every=2", "data.stills_batch=0"], "data.stills_batch and data.stills_frames must be >= 1"),
+    (["data.stills_every=2", "data.stills_frames=0"], "got 64, 0 and 1.5"),
     (["data.stills_every=2", "data.windows_every=4"], "data.windows_every must be 0 or, with data.stills_every=1"),
     (["data.stills_every=1", "data.windows_every=-1"], "data.windows_every must be 0 or"),
     (["data.max_objects=0"], "data.max_objects must be in 1..7 (the world's colours), got 0"),
@@ -143,7 +158,7 @@ def test_training_with_still_steps_reports_both_losses(tmp_path):
 
 def test_a_stills_only_run_reports_the_stills_loss_alone(tmp_path):
     config = load_train_config([], [f"out={tmp_path / 'model'}", "optim.steps=3", *MICRO_TRAINING,
-                                    "data.stills_every=1", "data.stills_batch=4"])
+                                    "data.stills_every=1", "data.stills_batch=4", "data.stills_frames=3"])
     summary = train(config, progress=False)
     assert summary["steps"] == 3 and 0 < summary["stills_loss_last_50"] < 10
     assert "loss_first_50" not in summary  # no video window was trained on

@@ -61,7 +61,11 @@ class DataConfig:
     """With stills_every = 1, every this-many-th step (the last of each group) trains on video windows after all,
     so that a long phase of mostly stills keeps the model able to continue a video; 0 = never."""
     stills_batch: int = 64
-    """Frames (scenes) of a still step."""
+    """Scenes of a still step."""
+    stills_frames: int = 1
+    """Consecutive frames of each still's scene, all at its one level with no context: 1 = a single frame; a
+    chunk's worth (schedule.chunk) shows the shapes as the first chunk of a video is drawn, several frames at
+    once, which a single frame does not teach (EVALUATION.md, run 12)."""
     stills_max_objects: int = 0
     """Objects per still's scene (1..this); 0 = max_objects. One-object stills bind each shape word to its outline
     (EVALUATION.md, "Can this architecture draw a square at all") while the windows show scenes of several."""
@@ -150,9 +154,9 @@ def load_train_config(files: list[str] = (), overrides: list[str] = ()) -> Train
         if not least <= getattr(data, key) <= len(COLOURS):
             raise UserError(f"data.{key} must be in {least}..{len(COLOURS)} (the world's colours), "
                             f"got {getattr(data, key)}")
-    if data.stills_batch < 1 or data.stills_shift <= 0:
-        raise UserError(f"data.stills_batch must be >= 1 and data.stills_shift > 0, "
-                        f"got {data.stills_batch} and {data.stills_shift}")
+    if data.stills_batch < 1 or data.stills_frames < 1 or data.stills_shift <= 0:
+        raise UserError(f"data.stills_batch and data.stills_frames must be >= 1 and data.stills_shift > 0, "
+                        f"got {data.stills_batch}, {data.stills_frames} and {data.stills_shift}")
     if config.loss.edge_weight < 0:
         raise UserError(f"loss.edge_weight must be >= 0, got {config.loss.edge_weight}")
     if config.data.context_noise and config.data.own_context:

@@ -208,13 +208,14 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     while step < config.optim.steps:
         still = is_still_step(config, step)
         shape = None if still else window_shape(geometry, config.data.fill_drain_fraction, generator)
-        clean, texts = (still_clips(config.data.stills_batch, config.data.stills_max_objects or config.data.max_objects,
-                                    config.data.size, config.data.fps, rng) if still
-                        else sample_batch(config, geometry, shape, rng))  # [B, 3, F, H, W], F = 1 for stills
+        data = config.data
+        clean, texts = (still_clips(data.stills_batch, data.stills_max_objects or data.max_objects, data.stills_frames,
+                                    data.size, data.fps, rng) if still
+                        else sample_batch(config, geometry, shape, rng))  # [B, 3, F, H, W]
         text = captions(texts)  # [B, L, D]
         drop = torch.rand(len(texts), generator=generator) < config.data.text_dropout
         text[drop] = empty
-        sigmas, context = ((still_sigmas(len(texts), config.data.stills_shift, generator), 0) if still
+        sigmas, context = ((still_sigmas(len(texts), data.stills_frames, data.stills_shift, generator), 0) if still
                            else window_sigmas(config, geometry, shape, len(texts), generator))  # [B, F], frames
         x, target = noisy_inputs(clean, sigmas, generator)
         if context and config.data.own_context > 0:

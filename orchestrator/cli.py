@@ -229,7 +229,7 @@ def run_eval_stills(args: argparse.Namespace) -> int:
     from training.stills_eval import STILL_PROMPTS, evaluate_stills
 
     if args.seconds is not None or args.kinds is not None:
-        raise UserError("--stills draws single frames under no schedule; --seconds and --kinds do not apply")
+        raise UserError("--stills draws stills under no schedule; --seconds and --kinds do not apply")
     frames = 1 if args.frames is None else args.frames
     if frames < 1:
         raise UserError(f"--frames must be >= 1, got {frames}")

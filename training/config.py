@@ -65,7 +65,7 @@ class DataConfig:
     stills_frames: int = 1
     """Consecutive frames of each still's scene, all at its one level with no context: 1 = a single frame; a
     chunk's worth (schedule.chunk) shows the shapes as the first chunk of a video is drawn, several frames at
-    once, which a single frame does not teach (EVALUATION.md, run 12)."""
+    once, which single frames teach only in part (EVALUATION.md, runs 12 and 13)."""
     stills_max_objects: int = 0
     """Objects per still's scene (1..this); 0 = max_objects. One-object stills bind each shape word to its outline
     (EVALUATION.md, "Can this architecture draw a square at all") while the windows show scenes of several."""

@@ -205,22 +205,22 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             losses = {"video": losses, "stills": []}
     empty = captions([""])[0]  # [L, D]: the unconditional prompt of classifier-free guidance
     bar = tqdm(total=config.optim.steps, initial=step, disable=not progress, desc="training", dynamic_ncols=True)
+    data = config.data
     while step < config.optim.steps:
         still = is_still_step(config, step)
-        shape = None if still else window_shape(geometry, config.data.fill_drain_fraction, generator)
-        data = config.data
+        shape = None if still else window_shape(geometry, data.fill_drain_fraction, generator)
         clean, texts = (still_clips(data.stills_batch, data.stills_max_objects or data.max_objects, data.stills_frames,
                                     data.size, data.fps, rng) if still
                         else sample_batch(config, geometry, shape, rng))  # [B, 3, F, H, W]
         text = captions(texts)  # [B, L, D]
-        drop = torch.rand(len(texts), generator=generator) < config.data.text_dropout
+        drop = torch.rand(len(texts), generator=generator) < data.text_dropout
         text[drop] = empty
         sigmas, context = ((still_sigmas(len(texts), data.stills_frames, data.stills_shift, generator), 0) if still
                            else window_sigmas(config, geometry, shape, len(texts), generator))  # [B, F], frames
         x, target = noisy_inputs(clean, sigmas, generator)
-        if context and config.data.own_context > 0:
-            x[:, :, :context] = own_context(model, clean[:, :, :context], text, config.data.own_context,
-                                            config.data.own_context_sigma, generator)
+        if context and data.own_context > 0:
+            x[:, :, :context] = own_context(model, clean[:, :, :context], text, data.own_context,
+                                            data.own_context_sigma, generator)
         prediction = model(hidden_states=x, timestep=sigmas * TRAIN_TIMESTEPS, encoder_hidden_states=text,
                            enable_diffusion_forcing=True, return_dict=False)[0]
         loss = weighted_loss(prediction, target, pixel_weights(clean, config.loss.edge_weight),

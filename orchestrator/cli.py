@@ -43,7 +43,7 @@ prompt schedule:
   next one, e.g. --prompt "0:a red circle" --prompt "20:a green square". A plain TEXT starts at 0.
 
 examples:
-  pavdm generate --prompt "a red circle and a blue square bouncing" --seconds 60 --out shapes.mp4
+  pavdm generate --prompt "a magenta square bouncing" --seconds 60 --out square.mp4
   pavdm generate --model gaussian --seconds 60 --fps 24 schedule.steps=60 --out gp.mp4
   pavdm generate --model ./my-skyreels-folder --latents-out latents.arrow --out video.mp4
 """

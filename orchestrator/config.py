@@ -183,7 +183,7 @@ class ServeConfig:
 class Config:
     """A whole generation: what to make, with which model, on which schedule, written where."""
 
-    prompts: list[str] = field(default_factory=lambda: ["0:a red circle and a blue square bouncing"])
+    prompts: list[str] = field(default_factory=lambda: ["0:a magenta square bouncing"])
     """Prompt schedule, entries 'SECONDS:TEXT' (or plain TEXT for time 0)."""
     seconds: float = 10.0
     """Length of the video in seconds."""

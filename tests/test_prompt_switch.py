@@ -1,7 +1,7 @@
 """The shipped model follows a prompt schedule: what the probe finds changes with the prompt, without a cut.
 
-Content is read by colour: the model draws roundish blobs for every shape word (EVALUATION.md), so a green
-square is a green blob, and the probe's shape-strict presence finds the square in almost no frame."""
+Content is read by colour: the model draws each prompted colour far more reliably than its outline (EVALUATION.md,
+presence per prompt), so reading by colour tests the switch itself, not how well each outline is drawn."""
 
 from functools import cache
 

@@ -69,10 +69,15 @@ def main() -> None:
     torch.set_num_threads(1)
     table = {path: level_errors(path, args.clips, args.seed) for path in args.models}
     levels = list(next(iter(table.values())))
-    print("| level | " + " | ".join(args.models) + " |")
-    print("|---" * (len(args.models) + 1) + "|")
+    first, last = args.models[0], args.models[-1]
+    ratio = len(args.models) > 1  # the last model's error over the first's, level by level
+    print("| level | " + " | ".join(args.models) + (f" | {last} / {first} |" if ratio else " |"))
+    print("|---" * (len(args.models) + 1 + ratio) + "|")
     for level in levels:
-        print(f"| {level} | " + " | ".join(f"{table[path][level]:.4f}" for path in args.models) + " |")
+        cells = [f"{table[path][level]:.5f}" for path in args.models]
+        if ratio:
+            cells.append(f"{table[last][level] / table[first][level]:.2f}")
+        print(f"| {level} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

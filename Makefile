@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The one stage gets two torch threads: the guided model's minute takes about 100 s on 2 cores, 130 s on one thread.
+# The one stage gets two torch threads: the guided model's minute takes about 90 s on 2 cores, 130 s on one thread.
 # One object: the model draws a lone object's outline but does not yet bind two outlines to their objects.
 demo: $(STAMP)
 	$(BIN)/pavdm generate --model tiny --prompt "a magenta square bouncing" --seconds 60 \

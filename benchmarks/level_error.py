@@ -1,6 +1,8 @@
 """Denoising error per noise level of models in one run: one call on ground-truth world windows, clean context.
 
-    python -m benchmarks.level_error models/tiny /path/to/other-model --clips 16
+    python -m benchmarks.level_error /path/to/old-model models/tiny --clips 16
+
+prints a table of the error per level for every model and, with two or more, the last one's over the first's.
 
 For every window level l = 1..S the mean squared error of the model's clean estimate x0 = x - sigma v against the
 true frames, at the levels the progressive schedule of `configs/model/tiny.yaml` shows them (every substep k).

@@ -20,7 +20,7 @@ def test_shipped_model_loads_offline_and_generates(tmp_path, monkeypatch):
 
 
 def test_shipped_model_draws_the_default_prompt_in_its_shape():
-    """The default prompt, which `make demo` asks for too, comes out as its shape and not only its colour: the
+    """The default prompt, the one `make demo` renders, comes out as its shape and not only its colour: the
     probe's presence needs the object's outline (a magenta blob is not a magenta square)."""
     config = load_config([], ["seconds=6"], model="tiny")
     prompt = PromptSchedule.parse(config.prompts).at(0.0)

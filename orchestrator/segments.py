@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -37,45 +38,64 @@ def truncate(folder: Path, kind: str, end: int) -> list[Path]:
     """Keep exactly the closed segments covering [0, end): delete partial and later ones, check for gaps."""
     for path in folder.glob(f"{kind}-*.partial"):
         path.unlink()
-    kept = []
-    for start, stop, path in closed_segments(folder, kind):
+    for _, stop, path in closed_segments(folder, kind):
         if stop > end:
             path.unlink()
-        else:
-            kept.append((start, stop, path))
-    covered = 0
-    for start, stop, _ in kept:
-        if start != covered:
-            raise UserError(f"{folder} is missing output frames {covered}..{start - 1}; cannot resume")
-        covered = stop
+    covered, kept = covering(folder, kind)
     if covered != end:
-        raise UserError(f"{folder} holds frames up to {covered}, the checkpoint expects {end}; cannot resume")
-    return [path for _, _, path in kept]
+        raise UserError(f"{folder} holds frames 0..{covered - 1} without a gap, the checkpoint expects 0..{end - 1}; "
+                        "cannot resume")
+    return kept
+
+
+def covering(folder: Path, kind: str) -> tuple[int, list[Path]]:
+    """How far the closed segments of one kind cover the video from its first frame without a gap (the end,
+    exclusive), and those segments in order."""
+    end, paths = 0, []
+    for start, stop, path in closed_segments(folder, kind):
+        if start != end:
+            break
+        end = stop
+        paths.append(path)
+    return end, paths
 
 
 def close_segment(folder: Path, kind: str, start: int, end: int) -> None:
     os.replace(folder / open_name(kind, start), folder / segment_name(kind, start, end))
 
 
+def demux_frames(container: av.container.InputContainer) -> Iterator[av.Packet]:
+    """The packets of a container's video stream, without the demuxer's end-of-stream marker."""
+    return (packet for packet in container.demux(container.streams.video[0]) if packet.dts is not None)
+
+
+def display_ranks(segment: Path) -> list[int]:
+    """The display position of every frame of an MP4 segment, in decode (packet) order."""
+    with av.open(str(segment)) as part:
+        shown = [packet.pts for packet in demux_frames(part)]
+    rank = {pts: index for index, pts in enumerate(sorted(shown))}
+    return [rank[pts] for pts in shown]
+
+
 def join_mp4(segments: list[Path], out: Path) -> None:
-    """Concatenate H.264 MP4 segments made with identical settings, without re-encoding."""
+    """Concatenate H.264 MP4 segments made with identical settings, without re-encoding. Frame k of the joined
+    video is shown k frame durations in; packets are decoded one frame duration apart and `delay` frames ahead,
+    the deepest reordering of any segment, so timestamps increase across segments whatever their B-frames."""
+    ranks = [display_ranks(segment) for segment in segments]
+    delay = max((decoded - shown for order in ranks for decoded, shown in enumerate(order)), default=0)
     with av.open(str(out), "w", format="mp4") as joined:
-        stream, offset = None, 0
-        for segment in segments:
+        stream, first = None, 0  # first: the joined index of the segment's first frame
+        for segment, order in zip(segments, ranks, strict=True):
             with av.open(str(segment)) as part:
                 source = part.streams.video[0]
                 if stream is None:
                     stream = joined.add_stream_from_template(source)
-                end = offset
-                for packet in part.demux(source):
-                    if packet.dts is None:  # the demuxer's end-of-stream marker
-                        continue
-                    packet.pts += offset
-                    packet.dts += offset
-                    end = max(end, packet.pts + packet.duration)
-                    packet.stream = stream
+                step = round(1 / (source.guessed_rate * source.time_base))  # one frame, in the segment's time base
+                for decoded, (packet, shown) in enumerate(zip(demux_frames(part), order, strict=True)):
+                    packet.pts, packet.dts = (first + shown) * step, (first + decoded - delay) * step
+                    packet.duration, packet.stream = step, stream
                     joined.mux(packet)
-                offset = end
+            first += len(order)
 
 
 def join_arrow(segments: list[Path], out: Path) -> None:

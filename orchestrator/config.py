@@ -108,8 +108,9 @@ class PipelineConfig:
 class MetricsConfig:
     """Prometheus metrics served by the controller."""
 
-    port: int = 9464
-    """HTTP port of the /metrics endpoint; 0 disables it."""
+    port: int | None = None
+    """HTTP port of the /metrics endpoint. Unset (null) = 9464, or a free port if that one is taken (a warning
+    names it); a number = exactly that port, an error if it is taken; 0 disables the endpoint."""
     host: str = "127.0.0.1"
     """Address the metrics endpoint binds to (0.0.0.0 to let a remote Prometheus scrape it)."""
 
@@ -338,7 +339,7 @@ def validate(config: Config) -> None:
         raise UserError("pipeline.num_cpus and pipeline.num_gpus must be >= 0")
     if config.pipeline.max_streams < 1:
         raise UserError(f"pipeline.max_streams must be >= 1, got {config.pipeline.max_streams}")
-    if not 0 <= config.metrics.port < 65536:
+    if config.metrics.port is not None and not 0 <= config.metrics.port < 65536:
         raise UserError(f"metrics.port must be in 0..65535, got {config.metrics.port}")
     if not config.prompts:
         raise UserError("at least one prompt is required")

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from orchestrator.errors import UserError
+
+log = logging.getLogger(__name__)
+
 TICK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DEFAULT_PORT = 9464
+AUTO_PORTS = (*range(DEFAULT_PORT, DEFAULT_PORT + 100), 0)  # tried in turn when metrics.port is unset; 0: any free
+
+
+def listen(host: str, port: int, registry: CollectorRegistry) -> WSGIServer | None:
+    """A /metrics server on host:port, or None if the port is taken; any other failure is a UserError."""
+    try:
+        return start_http_server(port, addr=host, registry=registry)[0]
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return None
+        raise UserError(f"cannot serve metrics on {host}:{port}: {err.strerror} (metrics.port=0 serves none)") from None
 
 
 class PipelineMetrics:
@@ -50,10 +69,21 @@ class PipelineMetrics:
             with contextlib.suppress(KeyError):
                 metric.remove(run_id)
 
-    def serve(self, host: str, port: int) -> None:
-        """Expose /metrics on host:port (port 0 disables)."""
-        if port:
-            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int | None) -> None:
+        """Expose /metrics on host:port: exactly that port (a UserError if it is taken), 0 = not at all, None =
+        the first free one of AUTO_PORTS (DEFAULT_PORT unless it is taken; a warning names any other)."""
+        if port == 0:
+            return
+        if port is not None:
+            self.server = listen(host, port, self.registry)
+            if self.server is None:
+                raise UserError(f"metrics.port {port} is taken on {host}: choose another, metrics.port=null for a "
+                                "free one, or metrics.port=0 for none")
+            return
+        self.server = next(filter(None, (listen(host, candidate, self.registry) for candidate in AUTO_PORTS)))
+        if self.server.server_port != DEFAULT_PORT:
+            log.warning("metrics port %d is taken; serving metrics on http://%s:%d/metrics instead",
+                        DEFAULT_PORT, host, self.server.server_port)
 
     def close(self) -> None:
         if self.server is not None:

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -22,12 +21,13 @@ from orchestrator.atomic import partial_path
 from orchestrator.config import Config, identity_hash, validate
 from orchestrator.controller import run_jobs
 from orchestrator.engine import JobQueue, StreamJob
-from orchestrator.errors import RunFailed, UserError, one_line
+from orchestrator.errors import RunFailed, UserError, ending, one_line
 from orchestrator.metrics import PipelineMetrics
+from orchestrator.outputs import same_file
 from orchestrator.prompts import PromptSchedule
+from orchestrator.rules import check_run_id, seed_value
 from orchestrator.runs import RunFolder
 
-ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MANIFEST = "manifest.parquet"
 MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt", pa.string()), ("prompts", pa.list_(pa.string())), ("seed", pa.int64()),
@@ -48,7 +48,7 @@ class ManifestRow:
     frames: int | None = None
     seconds: float | None = None
     path: str = ""
-    status: str = "pending"  # completed | failed
+    status: str = "pending"  # completed | failed | interrupted
     error: str = ""
     started_at: float | None = None
     finished_at: float | None = None
@@ -101,9 +101,7 @@ def read_prompt_rows(source: str) -> list[dict]:
 
 def row_config(base: Config, row: dict, index: int) -> tuple[str, Config]:
     """The id and config of one row; UserError names what is wrong with it."""
-    row_id = str(row.get("id") or f"row-{index:05d}")
-    if not ROW_ID.match(row_id):
-        raise UserError(f"id '{row_id[:60]}' must be 1-100 letters, digits, '.', '_' or '-'")
+    row_id = check_run_id(str(row.get("id") or f"row-{index:05d}"), "id")
     if "_error" in row:
         raise UserError(row["_error"])
     unknown = set(row) - {"id", "prompt", "prompts", "seconds", "seed"}
@@ -119,13 +117,13 @@ def row_config(base: Config, row: dict, index: int) -> tuple[str, Config]:
         config.prompts = [f"0:{row['prompt']}"]  # the whole text, even one that starts like "16:9 ..."
     else:
         raise UserError("a row needs a non-empty 'prompt' (or a 'prompts' schedule)")
-    for key, kind in (("seconds", float), ("seed", int)):
-        if row.get(key) is not None:
-            try:
-                value = kind(row[key])
-            except (TypeError, ValueError):
-                raise UserError(f"{key} must be a number, got {row[key]!r}") from None
-            setattr(config, key, value)
+    if row.get("seconds") is not None:
+        try:
+            config.seconds = float(row["seconds"])
+        except (TypeError, ValueError):
+            raise UserError(f"seconds must be a number, got {row['seconds']!r}") from None
+    if row.get("seed") is not None:
+        config.seed = seed_value(row["seed"])
     PromptSchedule.parse(config.prompts)
     validate(config)
     return row_id, config
@@ -196,6 +194,8 @@ class Batch:
 def run_batch(base: Config, source: str, out: str, root: str = "runs", progress: bool = True) -> list[ManifestRow]:
     """Run every row not already finished; returns the manifest rows of this batch. Raises RunFailed if a row
     failed (after every other row has run)."""
+    if "://" not in source + out and same_file(Path(source), Path(out) / MANIFEST):
+        raise UserError(f"the prompt list '{source}' is the manifest this batch writes; copy it elsewhere first")
     batch = Batch(base, out, root)
     rows = read_prompt_rows(source)
     if not rows:
@@ -258,7 +258,7 @@ def run_rows(batch: Batch, base: Config, jobs: list[StreamJob], progress: bool) 
             except OSError as err:
                 row.status, row.error = "failed", f"cannot copy the video to --out: {err}"
         else:
-            row.status, row.error = "failed", one_line(job.error)
+            row.status, row.error = ending(job.error)
         batch.manifest[job.id] = row
         batch.write_manifest()
 

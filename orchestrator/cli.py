@@ -14,6 +14,7 @@ from orchestrator.errors import RunFailed, UserError
 EXIT_USAGE = 2
 DEFAULT_MODEL = "tiny"  # the embedded model shipped in models/tiny
 EXIT_FAILED = 1
+EVAL_SECONDS = 60.0  # `pavdm eval`'s video length
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,6 +42,11 @@ overrides:
 prompt schedule:
   --prompt may be repeated as "SECONDS:TEXT"; each prompt holds from its start time until the
   next one, e.g. --prompt "0:a red circle" --prompt "20:a green square". A plain TEXT starts at 0.
+  A prompt that itself starts with a number and a colon is written with its time: "0:12:30 meeting".
+
+outputs:
+  --out, --latents-out and the config saved beside the MP4 replace existing files of those names once
+  the video is complete; they must differ from each other and from --init-latents.
 
 examples:
   pavdm generate --prompt "a magenta square bouncing" --seconds 60 --out square.mp4
@@ -50,6 +56,7 @@ examples:
 
 
 def build_parser() -> Parser:
+    defaults = load_config(model=DEFAULT_MODEL)
     parser = Parser(
         prog="pavdm",
         description="Long videos with progressive autoregressive video diffusion (PA-VDM).",
@@ -64,10 +71,13 @@ def build_parser() -> Parser:
     )
     gen.add_argument("--prompt", action="append", metavar="TEXT",
                      help='prompt, or "SECONDS:TEXT" to start it later; repeatable (default from the config)')
-    gen.add_argument("--seconds", type=float, help="video length in seconds (default 10)")
-    gen.add_argument("--fps", type=float, help="frames per second (default 8)")
-    gen.add_argument("--seed", type=int, help="random seed (default 0)")
-    gen.add_argument("--out", metavar="FILE.mp4", help="output MP4 (default video.mp4)")
+    gen.add_argument("--seconds", type=float,
+                     help=f"video length in seconds (default {defaults.seconds:g}, at most run.max_seconds="
+                          f"{defaults.run.max_seconds:g})")
+    gen.add_argument("--fps", type=float, help=f"frames per second (default {defaults.fps:g})")
+    gen.add_argument("--seed", type=int, help=f"random seed, 0..2^63-1 (default {defaults.seed})")
+    gen.add_argument("--out", metavar="FILE.mp4",
+                     help=f"output MP4 (default {defaults.run.root}/<run id>/video.mp4)")
     gen.add_argument("--latents-out", metavar="FILE.arrow", help="also write every latent frame as Arrow IPC")
     gen.add_argument("--init-latents", metavar="FILE.arrow",
                      help="continue a video: its last chunks (from --latents-out) become the context")
@@ -83,7 +93,10 @@ def build_parser() -> Parser:
                     "(pipeline.*, metrics.*, checkpoint.*) but not what it makes (model, schedule, seed, prompts).",
     )
     res.add_argument("run", metavar="RUN", help="run id (under --root) or run folder")
-    res.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
+    res.add_argument("--root", default=defaults.run.root, help=f"folder holding the runs (default {defaults.run.root})")
+    res.add_argument("--out", metavar="FILE.mp4", help="write the MP4 here instead of where the run was told")
+    res.add_argument("--latents-out", metavar="FILE.arrow",
+                     help="write the latents here instead (for a run that writes latents)")
     add_common_options(res)
 
     trn = commands.add_parser(
@@ -106,7 +119,7 @@ def build_parser() -> Parser:
                     "(report.md), results.json and a PNG plot per metric.",
     )
     ev.add_argument("--model", default="tiny", metavar="NAME|PATH", help="model to evaluate (default tiny)")
-    ev.add_argument("--seconds", type=float, help="length of every video (default 60)")
+    ev.add_argument("--seconds", type=float, help=f"length of every video (default {EVAL_SECONDS:g})")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     ev.add_argument("--prompt", action="append", help="prompts (default: five fixed world captions)")
     ev.add_argument("--kinds", nargs="+", choices=SCHEDULE_KINDS, metavar="KIND",
@@ -136,7 +149,8 @@ def build_parser() -> Parser:
     bat.add_argument("prompts", metavar="PROMPTS", help="prompt list: a file or a pyarrow.fs URI (s3://, gs://, ...)")
     bat.add_argument("--out", required=True, metavar="DIR|URI", help="folder or pyarrow.fs URI for the videos")
     bat.add_argument("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_MODEL})")
-    bat.add_argument("--root", default="runs", help="local folder for the rows' runs and checkpoints (default runs)")
+    bat.add_argument("--root", default=defaults.run.root,
+                     help=f"local folder for the rows' runs and checkpoints (default {defaults.run.root})")
     add_common_options(bat, "extra YAML config; repeatable", "config overrides, e.g. seconds=8")
 
     srv = commands.add_parser(
@@ -149,13 +163,14 @@ def build_parser() -> Parser:
     )
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    srv.add_argument("--root", default="runs", help="runs store for the videos (default runs)")
+    srv.add_argument("--root", default=defaults.run.root,
+                     help=f"runs store for the videos (default {defaults.run.root})")
     srv.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=f"model (default {DEFAULT_MODEL})")
     srv.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="config overrides, e.g. pipeline.max_streams=4 serve.max_queued=32")
 
     lst = commands.add_parser("runs", help="list runs", description="List runs with their state and progress.")
-    lst.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
+    lst.add_argument("--root", default=defaults.run.root, help=f"folder holding the runs (default {defaults.run.root})")
     return parser
 
 
@@ -189,7 +204,8 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     from orchestrator.generate import resume
 
-    report(resume(args.run, args.root, args.overrides, progress=not args.quiet))
+    report(resume(args.run, args.root, args.overrides, progress=not args.quiet, out=args.out,
+                  latents_out=args.latents_out))
     return 0
 
 
@@ -212,7 +228,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.frames is not None:
         raise UserError("--frames applies to --stills only")
-    seconds = 60.0 if args.seconds is None else args.seconds
+    seconds = EVAL_SECONDS if args.seconds is None else args.seconds
     if not seconds > 0:
         raise UserError(f"--seconds must be > 0, got {seconds}")
     summary = evaluate(args.model, seconds, args.seeds, args.prompt or list(PROMPTS),
@@ -269,9 +285,21 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"{'RUN':28s} {'STATE':12s} {'FRAMES':>17s}  UPDATED              OUTPUT")
     for status in runs:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.updated))
-        progress = f"{status.frames_written}/{status.frames_total}"
+        progress = f"{status.frames_written}/{status.frames_total or '?'}"
         print(f"{status.run_id:28s} {status.shown_state:12s} {progress:>17s}  {updated}  {status.out}")
     return 0
+
+
+def attach_option_values(argv: Sequence[str]) -> list[str]:
+    """`--prompt "-1:x"` as `--prompt=-1:x`, so that a value starting with '-' is not taken for an option."""
+    joined, items = [], iter(argv)
+    for item in items:
+        if item == "--prompt":
+            value = next(items, None)
+            joined.append(item if value is None else f"{item}={value}")
+        else:
+            joined.append(item)
+    return joined
 
 
 COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, "eval": run_eval, "runs": run_list,
@@ -281,7 +309,7 @@ COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="pavdm: warning: %(message)s")
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(attach_option_values(sys.argv[1:] if argv is None else argv))
     stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from orchestrator.errors import UserError
+from orchestrator.rules import check_length, check_run_id, seed_value
 
 ScheduleKind = Literal["progressive", "chunked", "replace_noise", "fifo"]
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
@@ -137,7 +138,9 @@ class RunConfig:
     root: str = "runs"
     """Folder holding one subfolder per run (relative to the current directory)."""
     id: str = ""
-    """Run id; empty = a new timestamped id."""
+    """Run id; empty = a new timestamped id. 1-100 letters, digits, '.', '_' or '-' (a folder under root)."""
+    max_seconds: float = 3600.0
+    """Longest video `pavdm generate` or one batch row may ask for (the API's bound is serve.max_seconds)."""
 
 
 @dataclass
@@ -191,7 +194,7 @@ class Config:
     fps: float = 8.0
     """Frames per second of the video."""
     seed: int = 0
-    """Seed; chunk m's noise comes from a generator seeded by (seed, m) only."""
+    """Seed, a whole number in 0..2^63-1; chunk m's noise comes from a generator seeded by (seed, m) only."""
     init_latents: str = ""
     """Optional Arrow latents file (as written by --latents-out) whose last chunks become the context."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -318,10 +321,12 @@ def validate(config: Config) -> None:
                         "(which re-noises its context to the new chunks' level)")
     if not 0 <= sched.stochasticity <= 1:
         raise UserError(f"schedule.stochasticity must be in [0, 1], got {sched.stochasticity}")
-    if not config.seconds > 0:
-        raise UserError(f"seconds must be > 0, got {config.seconds}")
-    if not config.fps > 0:
-        raise UserError(f"fps must be > 0, got {config.fps}")
+    if not config.run.max_seconds > 0:
+        raise UserError(f"run.max_seconds must be > 0, got {config.run.max_seconds}")
+    check_length(config.seconds, config.fps, config.run.max_seconds, "run.max_seconds")
+    seed_value(config.seed)
+    if config.run.id:
+        check_run_id(config.run.id, "run.id")
     if config.model.backend == "diffusers" and not config.model.path:
         raise UserError("model.path is required for the diffusers backend")
     if config.model.height < 2 or config.model.width < 2 or config.model.height % 2 or config.model.width % 2:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from actors.backends.factory import frame_count
 from actors.stage import StageTick, TickStats
 from orchestrator.config import Config, engine_identity
-from orchestrator.errors import RunFailed, UserError, one_line
+from orchestrator.errors import RunFailed, UserError, ending
 from orchestrator.generate import Checkpointer, VideoPlan, begin, plan_video
 from orchestrator.metrics import PipelineMetrics
 from orchestrator.planner import TickPlanner
@@ -114,9 +114,11 @@ def conclude(job: StreamJob, out: Path | None = None, error: BaseException | Non
     job.out, job.error = out, error
     if out is not None:
         job.run.set_status("completed", job.frames_total, job.frames_total, str(out))
+    elif job.cancelled.is_set():
+        job.run.set_status("failed", None, job.frames_total, job.config.output.out, "cancelled")
     else:
-        job.run.set_status("failed", None, job.frames_total, job.config.output.out,
-                           "cancelled" if job.cancelled.is_set() else one_line(error))
+        state, reason = ending(error)
+        job.run.set_status(state, None, job.frames_total, job.config.output.out, reason)
     try:
         job.on_end(job)
     except Exception:

@@ -1,4 +1,4 @@
-"""The one exception type for bad input: the CLI prints its message on one line and exits with 2."""
+"""Errors and how runs report them: bad input (one line, exit code 2), failed runs, and interrupted ones."""
 
 
 class UserError(Exception):
@@ -12,3 +12,13 @@ class RunFailed(Exception):
 def one_line(err: BaseException | str, limit: int = 500) -> str:
     """An error message on one line, at most `limit` characters (for status files and manifests)."""
     return " ".join(str(err).split())[:limit]
+
+
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run it again to continue from its last checkpoint"
+
+
+def ending(error: BaseException) -> tuple[str, str]:
+    """The state ('interrupted' or 'failed') and one-line reason a run records when `error` ended it."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", INTERRUPTED
+    return "failed", one_line(error) or type(error).__name__

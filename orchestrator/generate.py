@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +15,13 @@ from tqdm import tqdm
 from actors.backends.base import Backend, PromptEncodings
 from actors.backends.factory import build_backend, frame_count
 from actors.codecs import FrameCount
+from orchestrator import segments
 from orchestrator.config import Config, apply_overrides, video_identity
-from orchestrator.errors import UserError, one_line
-from orchestrator.outputs import check_writable, read_latents
+from orchestrator.errors import UserError, ending
+from orchestrator.outputs import check_writable, read_latents, same_file
 from orchestrator.partition import Partition
 from orchestrator.prompts import ChunkPrompts, PromptSchedule
+from orchestrator.rules import check_length
 from orchestrator.run_state import (
     CheckpointPolicy,
     StartState,
@@ -30,7 +34,9 @@ from orchestrator.run_state import (
 from orchestrator.runs import RunFolder
 from orchestrator.sampler import NoiseSource, sample
 from orchestrator.schedule import Geometry, chunks_for_frames
-from orchestrator.video_sink import VideoSink, VideoSize
+from orchestrator.video_sink import VideoSink, VideoSize, config_path_for, write_outputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,7 @@ class VideoPlan:
 
 
 def plan_video(config: Config, frames_of: FrameCount) -> VideoPlan:
-    frames = round(config.seconds * config.fps)
-    if frames < 1:
-        raise UserError(f"{config.seconds:g} seconds at {config.fps:g} fps is less than one frame")
+    frames = check_length(config.seconds, config.fps, config.run.max_seconds, "run.max_seconds")
     geometry = Geometry.from_config(config.schedule)
     partition = Partition.from_config(max(config.pipeline.stages, 1), config.pipeline.halo, geometry.noisy)
     latent_frames = frames_of.latent_frames(frames)
@@ -83,12 +87,30 @@ class GenerationResult:
 def check_request(config: Config) -> None:
     """Everything about the request that can be checked before any model is loaded."""
     PromptSchedule.parse(config.prompts)
+    check_paths(config)
+
+
+def check_paths(config: Config) -> None:
+    """Outputs of the right kind in writable folders, each a file of its own and none of them an input."""
+    named: dict[str, Path] = {}
+    if config.init_latents:
+        named["--init-latents"] = Path(config.init_latents)
+        if not named["--init-latents"].is_file():
+            raise UserError(f"init latents file '{config.init_latents}' does not exist")
     if config.output.out:
-        check_writable(Path(config.output.out), "--out")
+        out = Path(config.output.out)
+        check_writable(out, "--out")
+        if out.suffix.lower() != ".mp4":
+            raise UserError(f"--out '{out}' must end in .mp4: the video is written as H.264 in MP4")
+        named["--out"] = out
+        named["--out's saved config"] = config_path_for(out)
     if config.output.latents_out:
         check_writable(Path(config.output.latents_out), "--latents-out")
-    if config.init_latents and not Path(config.init_latents).is_file():
-        raise UserError(f"init latents file '{config.init_latents}' does not exist")
+        named["--latents-out"] = Path(config.output.latents_out)
+    for (first, a), (second, b) in itertools.combinations(named.items(), 2):
+        if same_file(a, b):
+            raise UserError(f"{first} and {second} name the same file '{a}': every output needs a name of its own, "
+                            "and no output may replace an input")
 
 
 def frame_progress(total: int, enabled: bool, initial: int = 0) -> tqdm:
@@ -158,13 +180,25 @@ def begin(run: RunFolder, config: Config, plan: VideoPlan, latent_shape) -> tupl
     return start, Checkpointer(run, config, plan, start.init_count)
 
 
+def made_segments(run: RunFolder, config: Config, size: VideoSize) -> tuple[list[Path], list[Path]] | None:
+    """The segments of a run whose frames are all made (only writing the outputs was left), else None."""
+    frames, video = segments.covering(run.segments, "seg")
+    latent_frames, latents = segments.covering(run.segments, "lat")
+    if frames == size.frames and (not config.output.latents_out or latent_frames == size.latent_frames):
+        return video, latents
+    return None
+
+
 def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
     """Run (or continue) a run to completion, keeping its status file true."""
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
     run.set_status("running", None, plan.size.frames, config.output.out)
+    made = made_segments(run, config, plan.size)
     try:
-        if config.pipeline.stages == 0:
+        if made is not None:  # every frame is in segments: only the outputs are left to write
+            out, restarts, checkpoint_seconds = write_outputs(config, run.segments, *made), 0, 0.0
+        elif config.pipeline.stages == 0:
             backend = build_backend(config.model)
             start, checkpointer = begin(run, config, plan, backend.latent_shape)
             with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
@@ -175,11 +209,9 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
 
             job, restarts = run_pipeline(config, run, progress)
             out, checkpoint_seconds = job.out, job.checkpoint_seconds
-    except KeyboardInterrupt:
-        run.set_status("interrupted", None, plan.size.frames, config.output.out, "interrupted")
-        raise
     except BaseException as err:
-        run.set_status("failed", None, plan.size.frames, config.output.out, one_line(err))
+        state, reason = ending(err)
+        run.set_status(state, None, plan.size.frames, config.output.out, reason)
         raise
     run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
     return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,
@@ -192,7 +224,9 @@ def generate(config: Config, progress: bool = True) -> GenerationResult:
     pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
     """
     check_request(config)
-    plan_video(config, frame_count(config.model))  # topology and length errors before any folder exists
+    plan = plan_video(config, frame_count(config.model))  # topology and length errors before any folder exists
+    for line in plan.prompts.never_shown(plan.num_chunks):
+        log.warning(line)
     run = RunFolder.create(config)
     try:
         return execute(run, config, progress)
@@ -201,11 +235,19 @@ def generate(config: Config, progress: bool = True) -> GenerationResult:
         raise
 
 
-def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True) -> GenerationResult:
-    """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video."""
+def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True, out: str | None = None,
+           latents_out: str | None = None) -> GenerationResult:
+    """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video. `out`
+    and `latents_out` move its outputs (the latents only where the run writes them)."""
     run = RunFolder.find(run_ref, root)
     saved = run.load_config()
     config = apply_overrides(saved, overrides)
+    if out:
+        config.output.out = str(Path(out).resolve())
+    if latents_out:
+        if not saved.output.latents_out:
+            raise UserError(f"run {run.run_id} writes no latents; --latents-out cannot be added when resuming")
+        config.output.latents_out = str(Path(latents_out).resolve())
     changed = differing_keys(video_identity(saved), video_identity(config))
     if changed:
         raise UserError(f"cannot resume with settings that change the video: {', '.join(changed)}")

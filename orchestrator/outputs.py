@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,14 +17,25 @@ from orchestrator.errors import UserError
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Fail early, naming the flag, if `path` cannot be created."""
+    """Fail early, naming the flag, if `path` cannot be created: by creating (and removing) a file beside it,
+    since permission bits do not tell (root, read-only mounts, /proc)."""
     if path.is_dir():
         raise UserError(f"{what} '{path}' is a directory")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"{what} '{path}': folder '{folder}' does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{what} '{path}': folder '{folder}' is not writable")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pavdm-probe-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} '{path}': cannot write in folder '{folder}' ({err.strerror})") from None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through links), whether or not it exists yet."""
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def enlarge(frames: torch.Tensor, scale: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -10,7 +10,22 @@ from actors.codecs import FrameCount
 from orchestrator.errors import UserError
 
 MAX_PROMPT_CHARS = 2000
-_TIMED = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:(.*)$", re.DOTALL)
+ESCAPE_HINT = "a prompt that itself starts with a number and a colon is written with its time, e.g. '0:12:30 meeting'"
+
+
+def split_entry(entry: str) -> tuple[float, str]:
+    """'SECONDS:TEXT' -> (SECONDS, TEXT) when the part before the first colon is a number; else (0, entry)."""
+    head, colon, text = entry.partition(":")
+    try:
+        start = float(head) if colon and head.strip() else None
+    except ValueError:
+        start = None
+    if start is None:
+        return 0.0, entry.strip()
+    if not math.isfinite(start) or start < 0:
+        raise UserError(f"prompt '{entry[:60]}' starts at {head.strip()} s; a start time is a finite number of "
+                        f"seconds >= 0 ({ESCAPE_HINT})")
+    return start, text.strip()
 
 
 @dataclass(frozen=True)
@@ -25,8 +40,7 @@ class PromptSchedule:
         """'0:a red circle', '20:a green square'; a plain 'TEXT' starts at 0."""
         timed = []
         for entry in entries:
-            match = _TIMED.match(entry)
-            start, text = (float(match[1]), match[2].strip()) if match else (0.0, entry.strip())
+            start, text = split_entry(entry)
             if not text:
                 raise UserError(f"empty prompt in '{entry}'")
             if len(text) > MAX_PROMPT_CHARS:
@@ -39,7 +53,7 @@ class PromptSchedule:
         if len(set(starts)) != len(starts):
             raise UserError(f"two prompts start at the same time: {entries}")
         if starts[0] != 0:
-            raise UserError(f"the first prompt must start at 0 seconds, not {starts[0]:g}")
+            raise UserError(f"the first prompt must start at 0 seconds, not {starts[0]:g} ({ESCAPE_HINT})")
         return cls(tuple(starts), tuple(text for _, text in timed))
 
     def at(self, seconds: float) -> str:
@@ -57,4 +71,17 @@ class ChunkPrompts:
     fps: float
 
     def of(self, m: int) -> str:
-        return self.schedule.at(self.frames.video_frames(m * self.chunk) / self.fps)
+        return self.schedule.at(self.start_seconds(m))
+
+    def start_seconds(self, m: int) -> float:
+        """When chunk m's first frame is shown."""
+        return self.frames.video_frames(m * self.chunk) / self.fps
+
+    def never_shown(self, num_chunks: int) -> list[str]:
+        """One line for each schedule entry that conditions none of the video's chunks."""
+        used = {bisect_right(self.schedule.starts, self.start_seconds(m)) - 1 for m in range(num_chunks)}
+        last = self.start_seconds(num_chunks - 1)
+        return [f"prompt '{text[:60]}' at {start:g} s never shows: "
+                + (f"the last chunk starts at {last:g} s" if start > last else "no chunk starts before the next prompt")
+                for i, (start, text) in enumerate(zip(self.schedule.starts, self.schedule.texts, strict=True))
+                if i not in used]

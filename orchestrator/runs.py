@@ -15,8 +15,9 @@ from orchestrator.atomic import write_text_atomic
 from orchestrator.checkpoint import CheckpointStore
 from orchestrator.config import Config, from_yaml, to_yaml
 from orchestrator.errors import UserError
+from orchestrator.segments import covering
 
-STATES = ("running", "completed", "failed", "interrupted")
+STATES = ("running", "completed", "failed", "interrupted")  # and "damaged" in listings: no readable status
 
 
 @dataclass
@@ -115,11 +116,11 @@ class RunFolder:
             return None
 
     def set_status(self, state: str, frames_written: int | None, frames_total: int, out: str, error: str = "") -> None:
-        """Record the run's state; frames_written None keeps the last recorded count."""
+        """Record the run's state; frames_written None counts the frames kept in closed segments."""
         previous = self.status()
         now = time.time()
         if frames_written is None:
-            frames_written = previous.frames_written if previous else 0
+            frames_written = covering(self.segments, "seg")[0]
         status = RunStatus(self.run_id, state, frames_written, frames_total, out, os.getpid(),
                            previous.started if previous else now, now, error)
         write_text_atomic(self.status_file, json.dumps(asdict(status), indent=1))
@@ -136,10 +137,16 @@ class RunFolder:
 
 
 def list_runs(root: str) -> list[RunStatus]:
-    """Every run under `root` with a status, oldest first."""
+    """Every run folder under `root` (one holding a config), oldest first, under the name `pavdm resume` takes;
+    a missing or unreadable status file shows as state 'damaged'."""
     found = []
-    for folder in sorted(Path(root).glob("*/status.json")):
-        status = RunFolder(folder.parent).status()
-        if status is not None:
-            found.append(status)
+    for config_file in Path(root).glob("*/config.yaml"):
+        run = RunFolder(config_file.parent)
+        status = run.status()
+        if status is None:
+            changed = config_file.stat().st_mtime
+            status = RunStatus(run.run_id, "damaged", covering(run.segments, "seg")[0], 0, "", 0, changed, changed,
+                               "status.json is missing or unreadable")
+        status.run_id = run.run_id
+        found.append(status)
     return sorted(found, key=lambda s: s.started)

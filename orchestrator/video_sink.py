@@ -12,8 +12,34 @@ import torch
 from actors.backends.base import Codec
 from orchestrator import segments
 from orchestrator.config import Config, to_yaml, written_frame_size
+from orchestrator.errors import RunFailed, one_line
 from orchestrator.outputs import AtomicFiles, LatentsWriter, Mp4Writer, enlarge
 from orchestrator.prompts import ChunkPrompts
+
+
+def write_outputs(config: Config, workdir: Path, video_segments: list[Path], latent_segments: list[Path]) -> Path:
+    """Join a finished video's segments into the requested outputs (temporary names, renamed on success), save
+    the resolved config beside them, and remove the segments. If that fails the segments stay, and the error
+    says how to finish the run elsewhere."""
+    out = Path(config.output.out)
+    files = AtomicFiles()
+    try:
+        segments.join_mp4(video_segments, files.reserve(out))
+        if config.output.latents_out:
+            segments.join_arrow(latent_segments, files.reserve(Path(config.output.latents_out)))
+        files.reserve(config_path_for(out)).write_text(to_yaml(config))
+        files.commit()
+    except Exception as err:
+        files.abort()
+        frames = segments.covering(workdir, "seg")[0]
+        raise RunFailed(f"all {frames} frames are made and kept, but writing {out} failed ({one_line(err)}); "
+                        f"finish with: pavdm resume {workdir.parent} --out OTHER.mp4") from err
+    except BaseException:
+        files.abort()
+        raise
+    for path in video_segments + latent_segments:
+        path.unlink(missing_ok=True)
+    return out
 
 
 def config_path_for(out: Path) -> Path:
@@ -121,22 +147,9 @@ class VideoSink:
             return [(i, f) for i, f in self.recent if i >= index], self.done
 
     def finish(self) -> Path:
-        """Join the segments into the requested outputs (temporary names, renamed on success), save the
-        resolved config beside them, and remove the segments."""
+        """Close the segments and join them into the requested outputs (see write_outputs)."""
         self._close_segments()
-        out = Path(self.config.output.out)
-        files = AtomicFiles()
-        try:
-            segments.join_mp4(self.video_segments, files.reserve(out))
-            if self.config.output.latents_out:
-                segments.join_arrow(self.latent_segments, files.reserve(Path(self.config.output.latents_out)))
-            files.reserve(config_path_for(out)).write_text(to_yaml(self.config))
-        except BaseException:
-            files.abort()
-            raise
-        files.commit()
-        for path in self.video_segments + self.latent_segments:
-            path.unlink(missing_ok=True)
+        out = write_outputs(self.config, self.workdir, self.video_segments, self.latent_segments)
         self._set_done()
         return out
 

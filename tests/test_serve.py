@@ -115,6 +115,8 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
         (dict(json={"prompt": "x" * 2000}), 400, "prompt longer"),
         (dict(json={"prompt": "x" * 10_000_000}), 413, "larger than"),
         (dict(json={"prompt": "a red circle", "colour": "red"}), 400, "unsupported"),
+        (dict(json={"prompt": "a red circle", "seed": -1}), 400, "seed must be a whole number in 0.."),
+        (dict(json={"prompt": "a red circle", "seed": 1.9}), 400, "seed must be a whole number in 0.."),
     ]
     for kwargs, status, words in cases:
         kwargs["headers"] = kwargs.get("headers", auth)
@@ -122,6 +124,8 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
         assert response.status_code == status, (kwargs.get("json", "")[:80] if isinstance(kwargs.get("json"), str)
                                                 else response.text)
         assert words in response.json()["error"]["message"]
+    listing = requests.get(url, headers=auth, params={"limit": "abc"})
+    assert listing.status_code == 400 and listing.json()["error"]["param"] == "limit"
     for bad in ["..%2F..%2Fetc%2Fpasswd", "../runs", "video_" + "0" * 32, "video_%2E%2E", "x" * 300]:
         for suffix in ("", "/content", "/stream"):
             assert requests.get(f"{url}/{bad}{suffix}", headers=auth).status_code == 404, bad

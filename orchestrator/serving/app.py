@@ -9,6 +9,7 @@ import socket
 import threading
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
@@ -63,6 +64,14 @@ api.add_middleware(BearerAuth)
 @api.exception_handler(ApiError)
 async def api_error(request: Request, err: ApiError) -> JSONResponse:
     return error_response(err)
+
+
+@api.exception_handler(RequestValidationError)
+async def invalid_parameter(request: Request, err: RequestValidationError) -> JSONResponse:
+    """A query or path parameter of the wrong type: the OpenAI-style 400 body, naming the parameter."""
+    first = err.errors()[0] if err.errors() else {}
+    param = str(first.get("loc", ("", "request"))[-1])
+    return error_response(ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", param))
 
 
 @api.exception_handler(Exception)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 from dataclasses import dataclass
 
 from orchestrator.config import ServeConfig
+from orchestrator.errors import UserError
+from orchestrator.rules import check_seconds, seed_value
 
 VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
-MAX_SEED = 2**63 - 1
 
 
 class ApiError(Exception):
@@ -129,13 +129,11 @@ class RequestChecker:
         if value is None:
             raise ApiError(400, "seconds is required", "seconds")
         try:
-            seconds = float(value)
+            return check_seconds(float(value), self.limits.max_seconds, "serve.max_seconds")
         except (TypeError, ValueError):
             raise ApiError(400, f"seconds must be a number, got {str(value)[:40]!r}", "seconds") from None
-        if not (math.isfinite(seconds) and 0 < seconds <= self.limits.max_seconds):
-            raise ApiError(400, f"seconds must be in (0, {self.limits.max_seconds:g}], got {str(value)[:40]}",
-                           "seconds")
-        return seconds
+        except UserError as err:
+            raise ApiError(400, str(err), "seconds") from None
 
     def size_of(self, fields: dict) -> str:
         size = str(fields.get("size") or self.size)
@@ -154,9 +152,6 @@ class RequestChecker:
         if value is None:
             return secrets.randbelow(2**31)
         try:
-            seed = int(value)
-        except (TypeError, ValueError):
-            raise ApiError(400, f"seed must be an integer, got {str(value)[:40]!r}", "seed") from None
-        if not 0 <= seed <= MAX_SEED:
-            raise ApiError(400, f"seed must be in [0, {MAX_SEED}]", "seed")
-        return seed
+            return seed_value(value)
+        except UserError as err:
+            raise ApiError(400, str(err), "seed") from None

@@ -9,11 +9,11 @@ import ray
 import torch
 
 from actors.backends.factory import build_codec
-from orchestrator.checkpoint import CheckpointStore
-from orchestrator.config import Config
-from orchestrator.prompts import ChunkPrompts
-from orchestrator.run_state import write_checkpoint
-from orchestrator.video_sink import SinkState, VideoSink, VideoSize
+from actors.video_sink import VideoSink, VideoSize
+from orchestrator.core.config import Config
+from orchestrator.core.prompts import ChunkPrompts
+from orchestrator.state.checkpoint import CheckpointStore
+from orchestrator.state.run_state import SinkState, write_checkpoint
 
 
 @ray.remote(concurrency_groups={"subscribers": 8})

@@ -10,25 +10,11 @@ import torch
 
 from actors.backends.base import PromptEncodings
 from actors.backends.factory import build_backend
-from orchestrator.config import ModelConfig
-from orchestrator.errors import UserError
-from orchestrator.partition import BandView
-from orchestrator.sampler import LevelGrid, NoiseSource, denoise_views
-from orchestrator.schedule import Geometry, Tick
-
-
-@dataclass(frozen=True)
-class StageTick:
-    """One stage's part of one tick, as the controller plans it (no tensors)."""
-
-    tick: Tick
-    view: BandView | None  # None: the band holds no chunk now (fill, drain) and makes no call
-    draw: tuple[int, ...]  # entering chunks this stage needs, drawn here from their seeded noise
-    keep: frozenset[int]  # chunks to hold (and publish) after the tick
-    needs: frozenset[int]  # chunks this tick reads or keeps: its view's slice and `keep`
-    emit: tuple[int, ...]  # chunks that finish in this stage's band this tick
-    prompt: str
-    final: bool = False  # the stream's last tick: the stage forgets it afterwards
+from orchestrator.core.config import ModelConfig
+from orchestrator.core.errors import UserError
+from orchestrator.core.planner import StageTick
+from orchestrator.core.sampler import LevelGrid, NoiseSource, denoise_views
+from orchestrator.core.schedule import Geometry
 
 
 @dataclass(frozen=True)

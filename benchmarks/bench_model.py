@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import Config, ModelConfig
+from orchestrator.core.config import Config, ModelConfig
 
 MINILM_DIM = 384
 

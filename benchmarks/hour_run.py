@@ -63,7 +63,7 @@ class Monitor:
 
 
 def launch(args, *command: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *command], cwd=args.workdir,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.entry.cli", *command], cwd=args.workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

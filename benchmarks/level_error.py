@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from actors.backends.factory import build_backend
-from orchestrator.config import load_config
-from orchestrator.schedule import Geometry, Tick, level_sigmas, ticks
-from training.recipe import noisy_inputs
-from training.world import World, random_scene
+from orchestrator.core.schedule import Geometry, Tick, level_sigmas, ticks
+from orchestrator.state.settings import load_config
+from training.recipe.windows import noisy_inputs
+from training.world.scenes import World, random_scene
 
 
 def full_window_levels(geometry: Geometry) -> list[list[int]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import requests
 
-from tests.serving import Server
+from benchmarks.serve_process import Server
 
 
 def decodable_frames(data: bytes) -> int:

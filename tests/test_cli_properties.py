@@ -12,8 +12,8 @@ from conftest import probe_mp4
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.cli import main
-from orchestrator.config import load_config
+from orchestrator.entry.cli import main
+from orchestrator.state.settings import load_config
 
 BASE = ["generate", "--model", "gaussian", "--quiet", "model.height=8", "model.width=8", "pipeline.stages=0",
         "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=2"]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from orchestrator.errors import UserError
+from orchestrator.core.errors import UserError
 from tests.tiny_models import MINILM_DIM, fine_tuned_transformer, tiny_transformer, window_velocity
-from training.config import ArchitectureConfig
-from training.deepen import check_architecture, deepen, new_block_positions
+from training.recipe.config import ArchitectureConfig
+from training.recipe.deepen import check_architecture, deepen, new_block_positions
 
 
 def test_new_blocks_are_spread_between_the_old():

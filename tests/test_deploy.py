@@ -26,7 +26,7 @@ DASHBOARD = DEPLOY / "grafana" / "pavdm-dashboard.json"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yaml"
 PODMONITOR = DEPLOY / "prometheus" / "podmonitor.yaml"
 RUNS_PVC = KUBERAY / "runs-pvc.yaml"
-METRICS = ROOT / "orchestrator" / "metrics.py"
+METRICS = ROOT / "orchestrator" / "engine" / "metrics.py"
 
 IMAGE = "ghcr.io/example/pavdm:0.1.0"
 SERVING_ENV = {"PAVDM_RUNS", "PAVDM_MODEL", "PAVDM_API_KEY", "PAVDM_OVERRIDES"}
@@ -84,11 +84,11 @@ def port_names(container: dict) -> set[str]:
     return {port["name"] for port in container.get("ports", [])}
 
 
-def readme_section() -> str:
-    """The "Running on a cluster" section of README.md."""
-    text = (ROOT / "README.md").read_text()
+def cluster_section() -> str:
+    """The "Running on a cluster" section of docs/cluster.md."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
     match = re.search(r"^## Running on a cluster\n.*?(?=^## |\Z)", text, re.M | re.S)
-    assert match, "README.md has no section '## Running on a cluster'"
+    assert match, "docs/cluster.md has no section '## Running on a cluster'"
     return match.group(0)
 
 
@@ -138,7 +138,7 @@ def test_every_manifest_names_the_image_the_readme_builds():
         assert images == {IMAGE}, f"{kind} names {images}, not {IMAGE}"
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert IMAGE.rsplit(":", 1)[1] == version, "the image tag should be the project version"
-    builds = [line for line in shell_lines(readme_section()) if line.startswith("docker build")]
+    builds = [line for line in shell_lines(cluster_section()) if line.startswith("docker build")]
     assert any(f"-t {IMAGE} " in f"{line} " for line in builds), f"the README section never builds {IMAGE}"
     assert all("-f deploy/Dockerfile" in line and line.rstrip().endswith(" .") for line in builds)
 
@@ -202,7 +202,7 @@ def pavdm_commands() -> list[tuple[str, list[str]]]:
     for kind, doc in manifests().items():
         if "entrypoint" in doc["spec"]:
             found.append((f"{kind} entrypoint", shlex.split(doc["spec"]["entrypoint"])))
-    for line in shell_lines(readme_section()):
+    for line in shell_lines(cluster_section()):
         found.append(("README section", shlex.split(line, comments=True)))
     commands = []
     for where, argv in found:
@@ -213,13 +213,13 @@ def pavdm_commands() -> list[tuple[str, list[str]]]:
 
 
 def check_overrides(overrides: list[str], model: str | None) -> None:
-    from orchestrator.config import load_config
+    from orchestrator.state.settings import load_config
 
     load_config([], overrides, model=model or "tiny")  # unknown keys or bad values raise UserError
 
 
 def test_entrypoints_are_real_pavdm_subcommands():
-    from orchestrator.cli import build_parser
+    from orchestrator.entry.cli import build_parser
 
     commands = pavdm_commands()
     assert any(where == "RayJob entrypoint" for where, _ in commands)
@@ -253,7 +253,7 @@ def test_serve_config_names_the_pavdm_application():
         fields = getattr(schema, "model_fields", None) or schema.__fields__
         assert set(data) <= set(fields), f"unknown Serve config fields {set(data) - set(fields)}"
     (app,) = config["applications"]
-    assert app["import_path"] == "orchestrator.serving.app:app"
+    assert app["import_path"] == "orchestrator.entry.serving.app:app"
     assert app["route_prefix"] == "/"
     env = app["runtime_env"]["env_vars"]
     assert set(env) <= SERVING_ENV - {"PAVDM_API_KEY"}, "the API key comes from a Secret, never the runtime_env"
@@ -285,7 +285,7 @@ def test_pod_environment():
 
 
 def test_the_readme_creates_every_secret_the_pods_use():
-    section = readme_section()
+    section = cluster_section()
     for kind, doc in manifests().items():
         for container in all_containers(doc):
             refs = [v["valueFrom"]["secretKeyRef"] for v in container.get("env", []) if "valueFrom" in v]
@@ -457,7 +457,7 @@ def test_the_volume_checks_catch_mistakes():
 
 
 def test_the_readme_applies_the_claim_before_the_pods_that_mount_it():
-    applied = [m.group(1) for line in shell_lines(readme_section())
+    applied = [m.group(1) for line in shell_lines(cluster_section())
                for m in [re.search(r"kubectl apply -f (\S+)", line)] if m]
     claim_file = RUNS_PVC.relative_to(ROOT).as_posix()
     assert claim_file in applied, f"the README section never applies {claim_file}"
@@ -626,7 +626,7 @@ def test_worker_groups_and_ports():
         assert {"gcs-server", "dashboard", "metrics", "pavdm-metrics"} <= port_names(head), kind
 
 
-# --- metrics: the dashboard and the scrape configs against orchestrator/metrics.py ----------------------------
+# --- metrics: the dashboard and the scrape configs against orchestrator/engine/metrics.py ----------------------------
 
 SUFFIXES = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count"),
             "Summary": ("", "_sum", "_count")}
@@ -674,7 +674,7 @@ def test_dashboard_uses_only_defined_metrics_and_labels():
     queries = dashboard_queries()
     used = {name for q in queries for name in re.findall(r"\bpavdm_\w+", q)}
     assert used, "the dashboard queries no pavdm metric"
-    assert used <= set(series), f"not defined in orchestrator/metrics.py: {sorted(used - set(series))}"
+    assert used <= set(series), f"not defined in orchestrator/engine/metrics.py: {sorted(used - set(series))}"
     families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in series}
     shown = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
     assert families <= shown, f"metrics without a panel: {sorted(families - shown)}"

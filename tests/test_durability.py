@@ -1,11 +1,9 @@
 """Runs survive SIGKILLed stages and controllers and resume to the identical video; damaged state is refused."""
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,8 @@ import pytest
 import torch
 from conftest import probe_mp4
 
-from orchestrator.outputs import read_latents
+from benchmarks.cli_process import cli, frames_written, wait_until
+from orchestrator.state.outputs import read_latents
 
 FRAMES = 240
 ARGS = [
@@ -24,30 +23,9 @@ ARGS = [
 ]
 
 
-def cli(*args: str, cwd: Path, wait: bool = True):
-    command = [sys.executable, "-m", "orchestrator.cli", *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
 def generate(cwd: Path, name: str, *extra: str, wait: bool = True):
     return cli("generate", *ARGS, "--out", str(cwd / f"{name}.mp4"), "--latents-out", str(cwd / f"{name}.arrow"),
                f"run.id={name}", *extra, cwd=cwd, wait=wait)
-
-
-def frames_written(cwd: Path, run_id: str) -> int:
-    try:
-        return json.loads((cwd / "runs" / run_id / "status.json").read_text())["frames_written"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def wait_until(condition, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def stage_pids() -> list[int]:

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.cli import main
-from training.evaluate import METRICS, Scored, report, summarise
+from orchestrator.entry.cli import main
+from training.evaluation.videos import METRICS, Scored, report, summarise
 
 
 def test_eval_writes_table_results_and_plots(tmp_path, capsys):
@@ -61,8 +61,8 @@ def test_eval_stills_scores_each_prompt_and_draws_a_row_of_stills_per_prompt(tmp
 
 def test_a_still_depends_on_its_seed_alone_not_on_the_batch_it_is_drawn_in():
     from actors.backends.factory import build_backend
-    from orchestrator.config import load_config
-    from training.stills_eval import sample_stills
+    from orchestrator.state.settings import load_config
+    from training.evaluation.stills import sample_stills
 
     backend = build_backend(load_config([], [], model="tiny").model)
     together = sample_stills(backend, "a red circle bouncing", [3, 4], steps=4, shift=1.5)  # [2, 1, 32, 32, 3]
@@ -81,8 +81,8 @@ def test_eval_refuses_a_caption_the_probe_cannot_score_before_any_work(tmp_path,
 
 def test_a_still_of_several_frames_draws_them_together():
     from actors.backends.factory import build_backend
-    from orchestrator.config import load_config
-    from training.stills_eval import sample_stills
+    from orchestrator.state.settings import load_config
+    from training.evaluation.stills import sample_stills
 
     backend = build_backend(load_config([], [], model="tiny").model)
     chunk = sample_stills(backend, "a red circle bouncing", [4], steps=4, shift=1.5, frames=3)  # [1, 3, 32, 32, 3]

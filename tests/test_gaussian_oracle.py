@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from actors.backends.gaussian import GaussianProcessBackend
-from orchestrator.config import ModelConfig, ScheduleConfig
-from orchestrator.sampler import NoiseSource, sample
-from orchestrator.schedule import Geometry
+from orchestrator.core.config import ModelConfig, ScheduleConfig
+from orchestrator.core.sampler import NoiseSource, sample
+from orchestrator.core.schedule import Geometry
 
 RHO = 0.9
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator import segments
-from orchestrator.cli import main
-from orchestrator.outputs import Mp4Writer
+from orchestrator.entry.cli import main
+from orchestrator.state import segments
+from orchestrator.state.outputs import Mp4Writer
 
 HEIGHT, WIDTH, BITS = 64, 128, 8  # the frame index is drawn as BITS 16-pixel blocks, dark for 0 and light for 1
 ORDERS = [(1, 2, 3, 7, 60), (60, 7, 3, 2, 1), (2, 3, 1, 60, 7), (2, 60), (1, 1, 2), (7,)]

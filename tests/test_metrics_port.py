@@ -6,10 +6,10 @@ import urllib.request
 
 import pytest
 
-from orchestrator import metrics
-from orchestrator.config import load_config
-from orchestrator.errors import UserError
-from orchestrator.metrics import PipelineMetrics
+from orchestrator.core.errors import UserError
+from orchestrator.engine import metrics
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.state.settings import load_config
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_default_is_unset_and_an_explicit_port_is_kept():
 def test_unset_port_moves_to_a_free_one_with_a_warning(taken_port, exporter, monkeypatch, caplog):
     monkeypatch.setattr(metrics, "DEFAULT_PORT", taken_port)
     monkeypatch.setattr(metrics, "AUTO_PORTS", (taken_port, taken_port, 0))
-    with caplog.at_level(logging.WARNING, logger="orchestrator.metrics"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.engine.metrics"):
         exporter.serve("127.0.0.1", None)
     port = exporter.server.server_port
     assert port not in (0, taken_port)

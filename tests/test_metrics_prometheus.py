@@ -13,12 +13,12 @@ import pytest
 import ray
 
 from actors.backends.factory import frame_count
-from orchestrator.config import Config, ModelConfig, ScheduleConfig
-from orchestrator.controller import Pipeline, run_video
-from orchestrator.generate import plan_video
-from orchestrator.metrics import PipelineMetrics
-from orchestrator.runs import RunFolder
-from orchestrator.schedule import total_ticks
+from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
+from orchestrator.core.schedule import total_ticks
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.plan import plan_video
+from orchestrator.engine.ray_pipeline import Pipeline, run_video
+from orchestrator.state.runs import RunFolder
 
 
 def free_port() -> int:

@@ -18,22 +18,25 @@ def test_wheel_holds_package_data_and_runs_elsewhere(tmp_path):
     )
     wheel = next((tmp_path / "dist").glob("pavdm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"configs/default.yaml", "configs/model/gaussian.yaml", "configs/model/tiny.yaml", "orchestrator/cli.py",
-            "training/world.py", "models/tiny/README.md", "models/tiny/transformer/config.json",
-            "models/tiny/transformer/diffusion_pytorch_model.safetensors"} <= set(names)
+    assert {"orchestrator/configs/default.yaml", "orchestrator/configs/model/gaussian.yaml",
+            "orchestrator/configs/model/tiny.yaml", "orchestrator/entry/cli.py", "training/world/scenes.py",
+            "orchestrator/models/tiny/README.md", "orchestrator/models/tiny/transformer/config.json",
+            "orchestrator/models/tiny/transformer/diffusion_pytorch_model.safetensors"} <= set(names)
+    top_level = {name.split("/")[0] for name in names if not name.startswith("pavdm-")}
+    assert top_level == {"orchestrator", "actors", "training"}  # no generic names such as configs or models
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import main; raise SystemExit(main())", "generate",
+        [sys.executable, "-c", "from orchestrator.entry.cli import main; raise SystemExit(main())", "generate",
          "--model", "gaussian", "--quiet", "--seconds", "1", "--out", "v.mp4"],
         check=True, cwd=elsewhere, env=env, capture_output=True,
     )
     assert probe_mp4(elsewhere / "v.mp4")[0] == 8
     where = subprocess.run(
-        [sys.executable, "-c", "import configs, orchestrator; print(orchestrator.__file__, configs.__file__)"],
+        [sys.executable, "-c", "import orchestrator.configs as c, orchestrator as o; print(o.__file__, c.__file__)"],
         check=True, cwd=elsewhere, env=env, capture_output=True, text=True,
     ).stdout.split()
     assert all(path.startswith(str(site)) for path in where)

@@ -9,14 +9,15 @@ import torch
 from conftest import probe_mp4
 
 from actors.backends.factory import frame_count
-from orchestrator.config import Config, ModelConfig, ScheduleConfig
-from orchestrator.controller import Pipeline, run_video
-from orchestrator.generate import GenerationResult, generate, plan_video
-from orchestrator.metrics import PipelineMetrics
-from orchestrator.outputs import read_latents
-from orchestrator.partition import Partition
-from orchestrator.runs import RunFolder
-from orchestrator.sampler import NoiseSource, sample
+from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
+from orchestrator.core.partition import Partition
+from orchestrator.core.sampler import NoiseSource, sample
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.plan import plan_video
+from orchestrator.engine.ray_pipeline import Pipeline, run_video
+from orchestrator.entry.generate import GenerationResult, generate
+from orchestrator.state.outputs import read_latents
+from orchestrator.state.runs import RunFolder
 
 HALOS = [0, 1, "all"]
 

@@ -17,7 +17,7 @@ def ray_processes() -> set[int]:
 
 def run_cli(tmp_path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "generate", "--quiet", "--seconds", "1",
+        [sys.executable, "-m", "orchestrator.entry.cli", "generate", "--quiet", "--seconds", "1",
          "--out", str(tmp_path / "v.mp4"), "metrics.port=0", *args],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )

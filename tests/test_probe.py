@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from training.probe import classify_pixels, label_components, score_segment, score_video, segment
-from training.world import BACKGROUND, COLOURS, ObjectSpec, Scene, ScriptedWorld, World, body_mask, random_scene
+from training.world.probe import classify_pixels, label_components, score_segment, score_video, segment
+from training.world.scenes import BACKGROUND, COLOURS, ObjectSpec, Scene, ScriptedWorld, World, body_mask, random_scene
 
 TWO = Scene((ObjectSpec("circle", "red"), ObjectSpec("square", "blue")))
 QUALITY = ("presence", "count_stability", "background_clean", "sharpness", "colour_drift")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from actors.backends.factory import build_backend
-from orchestrator.config import load_config
-from training.evaluate import render_frames
-from training.probe import frame_changes, segment
-from training.world import parse_caption
+from orchestrator.state.settings import load_config
+from training.evaluation.videos import render_frames
+from training.world.probe import frame_changes, segment
+from training.world.scenes import parse_caption
 
 BEFORE, AFTER, SWITCH, FPS = "a red circle", "a green square", 10.0, 8.0
 LENGTH = 2 * SWITCH

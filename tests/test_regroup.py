@@ -4,7 +4,7 @@ axes kept where they fit, everything else carried over."""
 import torch
 
 from tests.tiny_models import MINILM_DIM, fine_tuned_transformer, tiny_transformer, window_velocity
-from training.regroup import group_order, regroup, rope_pairs
+from training.recipe.regroup import group_order, regroup, rope_pairs
 
 
 def test_rope_pairs_follow_the_transformers_rotary_code():

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from actors.backends.gaussian import GaussianProcessBackend
-from orchestrator.config import ModelConfig, ScheduleConfig
-from orchestrator.partition import Partition, band_views
-from orchestrator.sampler import LevelGrid, NoiseSource, band_inputs, flow_step, sample
-from orchestrator.schedule import Geometry, ticks
+from orchestrator.core.config import ModelConfig, ScheduleConfig
+from orchestrator.core.partition import Partition, band_views
+from orchestrator.core.sampler import LevelGrid, NoiseSource, band_inputs, flow_step, sample
+from orchestrator.core.schedule import Geometry, ticks
 
 BACKEND = GaussianProcessBackend(ModelConfig(channels=2, height=8, width=8, rho=0.8, spectrum_exponent=1.5))
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.partition import Partition, band_views
-from orchestrator.schedule import Geometry, chunks_for_frames, level_sigmas, ticks, total_ticks
+from orchestrator.core.partition import Partition, band_views
+from orchestrator.core.schedule import Geometry, chunks_for_frames, level_sigmas, ticks, total_ticks
 
 geometries = st.builds(
     lambda kind, c, n, s, k, r, lc: Geometry(kind, 1 if kind == "fifo" else c, n * s if kind == "fifo" else n,
@@ -101,7 +101,7 @@ def test_bands_cover_every_noisy_chunk_once(g, num_chunks, stages, halo):
 
 
 def test_too_many_stages_is_a_user_error():
-    from orchestrator.errors import UserError
+    from orchestrator.core.errors import UserError
 
     with pytest.raises(UserError, match="exceeds the 6 noisy chunks"):
         Partition.from_config(7, 1, 6)

@@ -11,7 +11,8 @@ import openai
 import pytest
 import requests
 from conftest import probe_mp4
-from serving import API_KEY, Server
+
+from benchmarks.serve_process import API_KEY, Server
 
 FPS = 8
 

@@ -4,7 +4,8 @@ import time
 
 import pyarrow as pa
 import requests
-from serving import Server
+
+from benchmarks.serve_process import Server
 
 
 def latents(root, video_id):

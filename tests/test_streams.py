@@ -7,12 +7,13 @@ import ray
 import torch
 from test_pipeline import models, reference_latents, small_config
 
-from orchestrator.controller import Pipeline
-from orchestrator.engine import Engine, JobQueue, StreamJob
-from orchestrator.metrics import PipelineMetrics
-from orchestrator.outputs import read_latents
-from orchestrator.partition import Partition
-from orchestrator.runs import RunFolder
+from orchestrator.core.partition import Partition
+from orchestrator.engine.jobs import JobQueue, StreamJob
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.ray_engine import Engine
+from orchestrator.engine.ray_pipeline import Pipeline
+from orchestrator.state.outputs import read_latents
+from orchestrator.state.runs import RunFolder
 
 
 @pytest.fixture(scope="module")

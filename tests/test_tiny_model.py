@@ -5,11 +5,11 @@ import numpy as np
 from conftest import probe_mp4
 
 from actors.backends.factory import build_backend
-from orchestrator.cli import main
-from orchestrator.config import load_config
-from orchestrator.prompts import PromptSchedule
-from training.evaluate import render_frames, world_scenes
-from training.probe import score_video
+from orchestrator.core.prompts import PromptSchedule
+from orchestrator.entry.cli import main
+from orchestrator.state.settings import load_config
+from training.evaluation.videos import render_frames, world_scenes
+from training.world.probe import score_video
 
 
 def test_shipped_model_loads_offline_and_generates(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 import torch
 
 from tests.tiny_models import MINILM_DIM, fine_tuned_transformer, tiny_transformer, window_velocity
-from training.widen import widen
+from training.recipe.widen import widen
 
 
 def test_widened_model_computes_the_same_function():

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from training.world import (
+from training.world.scenes import (
     COLOURS,
     SHAPES,
     ObjectSpec,

@@ -74,8 +74,8 @@ def window_velocity(model, batch: int = 2, frames: int = 4, size: int = 8, seed:
 def fine_tuned_transformer(tmp_path: Path, heads: int, head_dim: int, ffn_dim: int, layers: int):
     """What `pavdm train` starts from with init_from = a saved tiny_transformer (patch 2, 2 heads of 8, FFN 32,
     2 layers) and the given architecture."""
-    from training.config import load_train_config
-    from training.train import build_transformer
+    from training.recipe.config import load_train_config
+    from training.recipe.train import build_transformer
 
     tiny_transformer(3, MINILM_DIM).save_pretrained(tmp_path / "base" / "transformer")
     config = load_train_config([], [f"init_from={tmp_path / 'base'}", "architecture.patch=2",

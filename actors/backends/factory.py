@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from actors.backends.base import Backend, Codec
-from actors.codecs import FrameCount
-from orchestrator.config import ModelConfig, resolve_model_path
+from orchestrator.core.config import ModelConfig
+from orchestrator.core.frames import FrameCount
+from orchestrator.state.settings import resolve_model_path
 
 
 def _resolved(cfg: ModelConfig) -> ModelConfig:

@@ -18,7 +18,7 @@ import math
 import torch
 
 from actors.codecs import IdentityCodec
-from orchestrator.config import ModelConfig
+from orchestrator.core.config import ModelConfig
 
 
 def power_spectrum(height: int, width: int, exponent: float, k0: float) -> torch.Tensor:

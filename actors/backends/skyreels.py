@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from actors.backends.text import TextEncoder, load_text_encoder
-from actors.codecs import FrameCount, IdentityCodec, WanVaeCodec
-from orchestrator.config import ModelConfig
-from orchestrator.errors import UserError
+from actors.codecs import IdentityCodec, WanVaeCodec
+from orchestrator.core.config import ModelConfig
+from orchestrator.core.errors import UserError
+from orchestrator.core.frames import FrameCount
 
 TRAIN_TIMESTEPS = 1000  # SkyReels / Wan flow-matching models take t = 1000 * sigma
 

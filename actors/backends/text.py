@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import ModelConfig
-from orchestrator.errors import UserError
+from orchestrator.core.config import ModelConfig
+from orchestrator.core.errors import UserError
 
 
 class TextEncoder:

@@ -1,0 +1,1 @@
+"""Entry points: the pavdm command, generate and resume, batch jobs and the HTTP API."""

@@ -1,0 +1,143 @@
+"""One generation: plan the video, then run it in process (reference sampler) or on the Ray pipeline."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.backends.factory import build_backend, frame_count
+from actors.video_sink import VideoSize, config_path_for, write_outputs
+from orchestrator.core.config import Config, apply_overrides, video_identity
+from orchestrator.core.errors import UserError, ending
+from orchestrator.core.prompts import PromptSchedule
+from orchestrator.engine.local import run_local
+from orchestrator.engine.plan import begin, frame_progress, plan_video
+from orchestrator.state import segments
+from orchestrator.state.outputs import check_writable, same_file
+from orchestrator.state.run_state import (
+    differing_keys,
+)
+from orchestrator.state.runs import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    frames: int
+    seconds: float
+    out: Path
+    run_id: str = ""
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints (incl. closing segments)
+    restarts: int = 0
+
+
+def check_request(config: Config) -> None:
+    """Everything about the request that can be checked before any model is loaded."""
+    PromptSchedule.parse(config.prompts)
+    check_paths(config)
+
+
+def check_paths(config: Config) -> None:
+    """Outputs of the right kind in writable folders, each a file of its own and none of them an input."""
+    named: dict[str, Path] = {}
+    if config.init_latents:
+        named["--init-latents"] = Path(config.init_latents)
+        if not named["--init-latents"].is_file():
+            raise UserError(f"init latents file '{config.init_latents}' does not exist")
+    if config.output.out:
+        out = Path(config.output.out)
+        check_writable(out, "--out")
+        if out.suffix.lower() != ".mp4":
+            raise UserError(f"--out '{out}' must end in .mp4: the video is written as H.264 in MP4")
+        named["--out"] = out
+        named["--out's saved config"] = config_path_for(out)
+    if config.output.latents_out:
+        check_writable(Path(config.output.latents_out), "--latents-out")
+        named["--latents-out"] = Path(config.output.latents_out)
+    for (first, a), (second, b) in itertools.combinations(named.items(), 2):
+        if same_file(a, b):
+            raise UserError(f"{first} and {second} name the same file '{a}': every output needs a name of its own, "
+                            "and no output may replace an input")
+
+
+def made_segments(run: RunFolder, config: Config, size: VideoSize) -> tuple[list[Path], list[Path]] | None:
+    """The segments of a run whose frames are all made (only writing the outputs was left), else None."""
+    frames, video = segments.covering(run.segments, "seg")
+    latent_frames, latents = segments.covering(run.segments, "lat")
+    if frames == size.frames and (not config.output.latents_out or latent_frames == size.latent_frames):
+        return video, latents
+    return None
+
+
+def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
+    """Run (or continue) a run to completion, keeping its status file true."""
+    plan = plan_video(config, frame_count(config.model))
+    started = time.perf_counter()
+    run.set_status("running", None, plan.size.frames, config.output.out)
+    made = made_segments(run, config, plan.size)
+    try:
+        if made is not None:  # every frame is in segments: only the outputs are left to write
+            out, restarts, checkpoint_seconds = write_outputs(config, run.segments, *made), 0, 0.0
+        elif config.pipeline.stages == 0:
+            backend = build_backend(config.model)
+            start, checkpointer = begin(run, config, plan, backend.latent_shape)
+            with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
+                out = run_local(config, plan, backend, start, checkpointer, lambda n: bar.update(n - bar.n))
+            restarts, checkpoint_seconds = 0, checkpointer.seconds
+        else:
+            from orchestrator.engine.ray_pipeline import run_pipeline
+
+            job, restarts = run_pipeline(config, run, progress)
+            out, checkpoint_seconds = job.out, job.checkpoint_seconds
+    except BaseException as err:
+        state, reason = ending(err)
+        run.set_status(state, None, plan.size.frames, config.output.out, reason)
+        raise
+    run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
+    return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,
+                            restarts)
+
+
+def generate(config: Config, progress: bool = True) -> GenerationResult:
+    """Start a new run; its outputs appear under their final names only if it completes.
+
+    pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
+    """
+    check_request(config)
+    plan = plan_video(config, frame_count(config.model))  # topology and length errors before any folder exists
+    for line in plan.prompts.never_shown(plan.num_chunks):
+        log.warning(line)
+    run = RunFolder.create(config)
+    try:
+        return execute(run, config, progress)
+    except UserError:
+        run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources): leave nothing
+        raise
+
+
+def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True, out: str | None = None,
+           latents_out: str | None = None) -> GenerationResult:
+    """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video. `out`
+    and `latents_out` move its outputs (the latents only where the run writes them)."""
+    run = RunFolder.find(run_ref, root)
+    saved = run.load_config()
+    config = apply_overrides(saved, overrides)
+    if out:
+        config.output.out = str(Path(out).resolve())
+    if latents_out:
+        if not saved.output.latents_out:
+            raise UserError(f"run {run.run_id} writes no latents; --latents-out cannot be added when resuming")
+        config.output.latents_out = str(Path(latents_out).resolve())
+    changed = differing_keys(video_identity(saved), video_identity(config))
+    if changed:
+        raise UserError(f"cannot resume with settings that change the video: {', '.join(changed)}")
+    status = run.status()
+    if status is not None and status.state == "completed":
+        raise UserError(f"run {run.run_id} is already complete: {status.out}")
+    check_request(config)
+    run.save_config(config)
+    return execute(run, config, progress)

@@ -1,0 +1,272 @@
+"""The video service: durable video jobs in the runs store, run by one pipeline in a background thread."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.core.config import Config, written_frame_size
+from orchestrator.core.errors import UserError, one_line
+from orchestrator.engine.jobs import JobQueue, StreamJob, conclude
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.entry.serving.requests import VIDEO_ID, ApiError, VideoRequest, new_video_id
+from orchestrator.state import segments
+from orchestrator.state.atomic import partial_path, write_text_atomic
+from orchestrator.state.runs import RunFolder
+
+log = logging.getLogger(__name__)
+RECORD = "video.json"
+
+
+@dataclass
+class VideoRecord:
+    """What the API knows of a video besides its run's status; saved as video.json in its run folder."""
+
+    id: str
+    created_at: int
+    prompt: str
+    seconds: float  # requested new seconds
+    total_seconds: float  # with the video it extends
+    size: str
+    model: str
+    seed: int
+    extends: str = ""
+    completed_at: int | None = None  # set once content.mp4 exists
+    error: str = ""
+    content_sha256: str = ""  # of content.mp4, to recognise an uploaded copy
+
+
+def load_record(path: Path) -> VideoRecord | None:
+    try:
+        return VideoRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class VideoService:
+    """Accepts requests, keeps each video's record and run folder under the runs root, and feeds a JobQueue
+    that one pipeline works through (continuous batching of up to pipeline.max_streams videos)."""
+
+    def __init__(self, config: Config, model: str):
+        self.config, self.model = config, model
+        self.root = Path(config.run.root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        width, height = written_frame_size(config)
+        self.size = f"{width}x{height}"
+        self.queue = JobQueue()
+        self.live: dict[str, StreamJob] = {}  # queued or running
+        self.lock = threading.Lock()
+        self.metrics = PipelineMetrics("serve", config.pipeline.stages)
+        self.pipeline = None
+        self.broken = ""  # why the pipeline cannot start, if it cannot
+        self.recover()
+        self.worker = threading.Thread(target=self.work, name="pavdm-pipeline", daemon=True)
+        self.worker.start()
+
+    # --- the pipeline thread ---------------------------------------------------------------------------------
+
+    def work(self) -> None:
+        from orchestrator.engine.ray_pipeline import run_jobs
+
+        while not self.queue.finished:
+            try:
+                run_jobs(self.config, self.queue, self.metrics, on_pipeline=self.use_pipeline)
+            except UserError as err:  # the pipeline cannot be built as configured: nothing waiting can run
+                log.error("the pipeline cannot start: %s", err)
+                self.broken = one_line(err)
+                for job in self.queue.take(len(self.queue), wait=0):
+                    conclude(job, error=err)
+                time.sleep(self.config.recovery.backoff_seconds)
+            except Exception:
+                log.exception("the pipeline stopped; starting it again")
+                time.sleep(self.config.recovery.backoff_seconds)
+
+    def use_pipeline(self, pipeline) -> None:
+        self.pipeline = pipeline
+        if pipeline is not None:
+            self.broken = ""
+
+    def stop(self) -> None:
+        """No new videos; what is on the stages or waiting keeps its checkpoints and continues after a restart."""
+        self.queue.close()
+
+    # --- records -----------------------------------------------------------------------------------------------
+
+    def folder(self, video_id: str) -> Path:
+        return self.root / video_id  # video_id matched VIDEO_ID: a plain name inside the root
+
+    def record(self, video_id: str) -> VideoRecord:
+        record = load_record(self.folder(video_id) / RECORD)
+        if record is None:
+            raise ApiError(404, "no video with that id", "video_id", "not_found")
+        return record
+
+    def save(self, record: VideoRecord) -> None:
+        write_text_atomic(self.folder(record.id) / RECORD, json.dumps(dataclasses.asdict(record)))
+
+    def content(self, video_id: str) -> Path:
+        return self.folder(video_id) / "content.mp4"
+
+    def status_of(self, record: VideoRecord) -> tuple[str, int, str]:
+        """(API status, progress percent, error) from the record, the live job and the run's status file."""
+        if record.completed_at is not None:
+            return "completed", 100, ""
+        if record.error:
+            return "failed", 0, record.error
+        job = self.live.get(record.id)
+        status = RunFolder(self.folder(record.id)).status()
+        if status is None or (job is not None and not job.admitted):
+            return "queued", 0, ""
+        if status.state == "failed":
+            return "failed", 0, status.error or "generation failed"
+        written = job.written if job is not None else status.frames_written
+        progress = int(99 * written / status.frames_total) if status.frames_total else 0
+        return "in_progress", progress, ""
+
+    def describe(self, record: VideoRecord) -> dict:
+        """The OpenAI video object (plus seed and extended_from_video_id)."""
+        state, progress, error = self.status_of(record)
+        return {
+            "id": record.id, "object": "video", "model": record.model, "status": state, "progress": progress,
+            "created_at": record.created_at, "completed_at": record.completed_at, "expires_at": None,
+            "seconds": f"{record.total_seconds:g}", "size": record.size, "prompt": record.prompt,
+            "remixed_from_video_id": None, "seed": record.seed, "extended_from_video_id": record.extends or None,
+            "error": {"code": "generation_failed", "message": error} if state == "failed" else None,
+        }
+
+    def records(self) -> list[VideoRecord]:
+        found = [load_record(path) for path in self.root.glob(f"*/{RECORD}") if VIDEO_ID.match(path.parent.name)]
+        return sorted((r for r in found if r is not None), key=lambda r: (r.created_at, r.id))
+
+    # --- requests ----------------------------------------------------------------------------------------------
+
+    def submit(self, request: VideoRequest) -> VideoRecord:
+        """Create the video's record and run, and queue it (HTTP 429 when the queue is full)."""
+        if len(self.queue) >= self.config.serve.max_queued:
+            raise ApiError(429, f"the queue is full ({self.config.serve.max_queued} videos waiting); retry later",
+                           code="queue_full")
+        total = request.seconds
+        init_latents = ""
+        if request.extends:
+            parent = self.record(request.extends)
+            if parent.completed_at is None:
+                raise ApiError(400, "only a completed video can be extended", "video")
+            if parent.size != self.size:
+                raise ApiError(400, f"video {parent.id} is {parent.size}; this service makes {self.size} and cannot "
+                                    "continue it in one file", "video")
+            total += parent.total_seconds
+            if total > self.config.serve.max_total_seconds:
+                raise ApiError(400, f"the extended video would last {total:g} s, more than "
+                                    f"serve.max_total_seconds={self.config.serve.max_total_seconds:g}", "seconds")
+            init_latents = str(self.folder(parent.id) / "latents_all.arrow")
+        video_id = new_video_id()
+        config = copy.deepcopy(self.config)
+        config.prompts = [f"0:{request.prompt}"]  # the whole prompt, even one that starts like "16:9 ..."
+        config.seconds, config.seed = request.seconds, request.seed
+        config.init_latents = init_latents
+        config.run.root, config.run.id = str(self.root), video_id
+        config.output.out = str(self.folder(video_id) / "new.mp4")
+        config.output.latents_out = str(self.folder(video_id) / "latents.arrow")
+        run = RunFolder.create(config)
+        record = VideoRecord(video_id, int(time.time()), request.prompt, request.seconds, total, request.size,
+                             request.model, request.seed, request.extends)
+        self.save(record)
+        self.enqueue(StreamJob(config, run))
+        return record
+
+    def enqueue(self, job: StreamJob) -> None:
+        job.on_end = self.ended
+        with self.lock:
+            self.live[job.id] = job
+        self.queue.put(job)
+
+    def ended(self, job: StreamJob) -> None:
+        """A job left the pipeline: finish its content, or record why not, or remove a deleted video. Runs
+        under the lock, so that a DELETE sees the video either live or finished."""
+        with self.lock:
+            self.live.pop(job.id, None)
+            if job.cancelled.is_set():
+                shutil.rmtree(self.folder(job.id), ignore_errors=True)
+                return
+            record = self.record(job.id)
+            if job.out is None:
+                record.error = one_line(job.error) or "generation failed"
+                self.save(record)
+                return
+            self.finalize(record)
+
+    def finalize(self, record: VideoRecord) -> None:
+        """content.mp4 (and latents_all.arrow, the context of extensions): this video's frames, after those of
+        the video it extends."""
+        folder = self.folder(record.id)
+        parts_mp4, parts_latents = [folder / "new.mp4"], [folder / "latents.arrow"]
+        if record.extends:
+            parent = self.folder(record.extends)
+            parts_mp4.insert(0, parent / "content.mp4")
+            parts_latents.insert(0, parent / "latents_all.arrow")
+        try:
+            for parts, name in ((parts_mp4, "content.mp4"), (parts_latents, "latents_all.arrow")):
+                temp = partial_path(folder / name)
+                (segments.join_mp4 if name.endswith(".mp4") else segments.join_arrow)(parts, temp)
+                os.replace(temp, folder / name)
+        except OSError as err:
+            record.error = f"could not assemble the video: {err}"
+            self.save(record)
+            return
+        record.completed_at = int(time.time())
+        record.content_sha256 = hashlib.sha256(self.content(record.id).read_bytes()).hexdigest()
+        self.save(record)
+        for part in (folder / "new.mp4", folder / "latents.arrow"):  # now inside content / latents_all
+            part.unlink(missing_ok=True)
+
+    def find_by_content(self, data: bytes) -> str:
+        """The id of the completed video whose content.mp4 is exactly `data`."""
+        digest = hashlib.sha256(data).hexdigest()
+        for record in self.records():
+            if record.content_sha256 == digest:
+                return record.id
+        raise ApiError(400, "the uploaded video is not one made by this service; pass video[id] instead", "video")
+
+    def delete(self, video_id: str) -> None:
+        self.record(video_id)
+        with self.lock:
+            job = self.live.get(video_id)
+            if job is None or self.queue.remove(job):  # finished, or still waiting: gone now
+                self.live.pop(video_id, None)
+                shutil.rmtree(self.folder(video_id), ignore_errors=True)
+            else:
+                job.cancelled.set()  # on the stages: the engine drops it and ended() removes the folder
+
+    def recover(self) -> None:
+        """After a restart: finish what had completed, queue what had not (it continues from its checkpoint)."""
+        for record in self.records():
+            if record.completed_at is not None or record.error:
+                continue
+            run = RunFolder(self.folder(record.id))
+            status = run.status()
+            if status is not None and status.state == "completed":
+                self.finalize(record)
+            elif status is not None and status.state == "failed":
+                record.error = status.error or "generation failed"
+                self.save(record)
+            else:
+                self.enqueue(StreamJob(run.load_config(), run))
+
+    async def frames_since(self, video_id: str, index: int):
+        """Frames of a video being made, from the sink: ([(index, [H, W, 3])], done | None if unknown)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return [], None
+        try:
+            return await pipeline.sink.frames_since.remote(video_id, index, 1.0)
+        except Exception:  # the pipeline is being rebuilt
+            return [], None

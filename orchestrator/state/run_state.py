@@ -1,0 +1,108 @@
+"""Where a video starts: from nothing or a clip, or from a checkpoint; and how a shift boundary becomes one."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from orchestrator.core.config import CheckpointConfig, Config, identity_hash, to_yaml, video_identity
+from orchestrator.core.errors import UserError
+from orchestrator.state.checkpoint import Checkpoint, CheckpointStore
+
+
+@dataclass
+class SinkState:
+    """Where the output stands at a checkpoint: everything before is in closed segments."""
+
+    frames: int = 0
+    latent_frames: int = 0
+    next_chunk: int = 0
+    decoder: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class DurableOutput(Protocol):
+    """A video being written that can make everything written so far durable (the sink's VideoSink)."""
+
+    def checkpoint(self) -> SinkState: ...
+
+
+@dataclass
+class StartState:
+    """The window and output position a run (re)starts from."""
+
+    next_tick: int = 0
+    window: dict[int, torch.Tensor] = field(default_factory=dict)  # chunk id -> [Ch, C, h, w]
+    init_count: int = 0  # chunks of the initial clip (ids -init_count..-1)
+    sink: SinkState = field(default_factory=SinkState)
+    resumed: bool = False
+
+
+def fresh_start(init_chunks: list[torch.Tensor]) -> StartState:
+    return StartState(0, {i - len(init_chunks): x for i, x in enumerate(init_chunks)}, len(init_chunks))
+
+
+def checkpoint_meta(config: Config, init_count: int) -> dict:
+    """The facts every checkpoint of a run carries besides tensors."""
+    return {
+        "run_id": config.run.id, "config_hash": identity_hash(config), "identity": video_identity(config),
+        "seed": config.seed, "prompts": list(config.prompts), "init_count": init_count, "config": to_yaml(config),
+    }
+
+
+def make_checkpoint(next_tick: int, window: dict[int, torch.Tensor], sink: SinkState, meta: dict) -> Checkpoint:
+    tensors = {f"chunk/{m}": x for m, x in window.items()}
+    tensors |= {f"decoder/{name}": x for name, x in sink.decoder.items()}
+    meta = {**meta, "latent_frames": sink.latent_frames, "next_chunk": sink.next_chunk}
+    return Checkpoint(next_tick, sink.frames, meta, tensors)
+
+
+def write_checkpoint(video: DurableOutput, store: CheckpointStore, next_tick: int, window: dict[int, torch.Tensor],
+                     meta: dict) -> int:
+    """Close the sink's open segments, then write the window and the sink's state as one checkpoint;
+    returns the frames it covers."""
+    state = video.checkpoint()
+    store.write(make_checkpoint(next_tick, window, state, meta))
+    return state.frames
+
+
+def differing_keys(saved: dict, current: dict) -> list[str]:
+    return sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+
+
+def start_from(checkpoint: Checkpoint, config: Config) -> StartState:
+    """Refuse a checkpoint made with different video settings; else the state to continue from."""
+    if checkpoint.meta.get("config_hash") != identity_hash(config):
+        keys = differing_keys(checkpoint.meta.get("identity", {}), video_identity(config))
+        raise UserError(f"checkpoint was made with different video settings: {', '.join(keys) or 'unknown'}")
+    window, decoder = {}, {}
+    for name, tensor in checkpoint.tensors.items():
+        kind, _, rest = name.partition("/")
+        if kind == "chunk":
+            window[int(rest)] = tensor
+        elif kind == "decoder":
+            decoder[rest] = tensor
+    sink = SinkState(checkpoint.frames_written, checkpoint.meta["latent_frames"], checkpoint.meta["next_chunk"],
+                     decoder)
+    return StartState(checkpoint.next_tick, window, checkpoint.meta["init_count"], sink, resumed=True)
+
+
+class CheckpointPolicy:
+    """Decides at each shift boundary whether a checkpoint is due (by shift count and/or elapsed time)."""
+
+    def __init__(self, cfg: CheckpointConfig):
+        self.every_shifts, self.every_seconds = cfg.every_shifts, cfg.every_seconds
+        self.shifts = 0
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        self.shifts += 1
+        now = time.monotonic()
+        if (self.every_shifts and self.shifts >= self.every_shifts) or (
+            self.every_seconds and now - self.last >= self.every_seconds
+        ):
+            self.shifts, self.last = 0, now
+            return True
+        return False

@@ -1,0 +1,1 @@
+"""The progressive training recipe: windows, stills, growth surgery, and the training loop."""

@@ -1,0 +1,1 @@
+"""The procedural world of bouncing shapes and the probe that reads its frames back."""

@@ -22,14 +22,16 @@ def free_port() -> int:
 class Server:
     """`pavdm serve` on a free loopback port with its runs store in `root`."""
 
-    def __init__(self, root: Path, overrides: list[str], api_key: str = API_KEY):
+    def __init__(self, root: Path, overrides: list[str], api_key: str | None = API_KEY, model: str = "tiny"):
+        """api_key None: no PAVDM_API_KEY (keys from serve.keys_file in `overrides`, or none at all)."""
         self.root, self.port = root, free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.headers = {"Authorization": f"Bearer {api_key}"}
-        env = {**os.environ, "PAVDM_API_KEY": api_key}
-        env.pop("RAY_ADDRESS", None)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "PAVDM_API_KEY")}
+        if api_key:
+            env["PAVDM_API_KEY"] = api_key
         command = [sys.executable, "-m", "orchestrator.entry.cli", "serve", "--port", str(self.port),
-                   "--root", str(root), "metrics.port=0", "pipeline.num_cpus=0.5", *overrides]
+                   "--root", str(root), "--model", model, "metrics.port=0", "pipeline.num_cpus=0.5", *overrides]
         self.log = open(root.parent / f"serve-{self.port}.log", "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -52,16 +54,21 @@ class Server:
             time.sleep(0.5)
         raise TimeoutError(f"pavdm serve did not become healthy: {Path(self.log.name).read_text()[-2000:]}")
 
-    def stop(self) -> None:
-        """SIGINT, as Ctrl-C would; waits for the process and its Ray cluster to go."""
+    def stop(self, signum: int = signal.SIGINT, timeout: float = 60.0) -> int:
+        """SIGINT, as Ctrl-C would (or SIGTERM, as Kubernetes would); waits for the process and its Ray cluster to
+        go (killed after `timeout`). Returns the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signum)
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
 
     def wait_status(self, video_id: str, states=("completed", "failed"), timeout: float = 300.0) -> dict:
         deadline = time.time() + timeout

@@ -280,8 +280,14 @@ def test_pod_environment():
                 if var["name"] == "PAVDM_OVERRIDES":
                     model = next((v["value"] for v in container["env"] if v["name"] == "PAVDM_MODEL"), None)
                     check_overrides(var["value"].split(), model)
-    assert any(var["name"] == "PAVDM_API_KEY" for c in all_containers(manifests()["RayService"])
-               for var in c.get("env", []))
+    service = manifests()["RayService"]
+    overrides = serve_config()["applications"][0]["runtime_env"]["env_vars"]["PAVDM_OVERRIDES"].split()
+    keys_file = next(item.split("=", 1)[1] for item in overrides if item.startswith("serve.keys_file="))
+    for template in pod_templates(service).values():  # every pod a replica may land on has the keys mounted
+        secrets = {v["name"] for v in template["spec"]["volumes"] if "secret" in v}
+        for container in template["spec"]["containers"]:
+            assert any(m["name"] in secrets and keys_file.startswith(m["mountPath"].rstrip("/") + "/")
+                       for m in container["volumeMounts"]), f"{container['name']} does not mount {keys_file}"
 
 
 def test_the_readme_creates_every_secret_the_pods_use():
@@ -294,6 +300,11 @@ def test_the_readme_creates_every_secret_the_pods_use():
                 assert f"kubectl create secret generic {ref['name']} " in section, f"{kind}: secret {ref['name']}"
                 if "key" in ref:
                     assert f"--from-literal={ref['key']}=" in section, f"{kind}: secret key {ref['key']}"
+        for template in pod_templates(doc).values():
+            for volume in template["spec"].get("volumes", []):
+                if "secret" in volume:
+                    name = volume["secret"]["secretName"]
+                    assert f"kubectl create secret generic {name} " in section, f"{kind}: secret {name}"
 
 
 # --- volumes and the runs store -------------------------------------------------------------------------------

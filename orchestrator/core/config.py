@@ -170,10 +170,13 @@ class RecoveryConfig:
 
 @dataclass
 class ServeConfig:
-    """Bounds of `pavdm serve` (the bearer token comes from the PAVDM_API_KEY environment variable only)."""
+    """Bounds of `pavdm serve`, its tenants and its stop (a one-tenant key may come from PAVDM_API_KEY)."""
 
+    keys_file: str = ""
+    """YAML mapping API keys to tenants: `tenants: {NAME: {key_sha256: HEX, max_videos: N,
+    max_video_seconds_per_hour: S}}` (quotas optional); re-read when it changes, so keys rotate without a restart."""
     max_queued: int = 16
-    """Videos waiting for the pipeline (beyond pipeline.max_streams running); more get HTTP 429."""
+    """Videos one tenant may have waiting for the pipeline (beyond those running); more get HTTP 429."""
     max_seconds: float = 120.0
     """Longest video (or extension) one request may ask for."""
     max_total_seconds: float = 3600.0
@@ -182,6 +185,9 @@ class ServeConfig:
     """Longest prompt accepted."""
     max_body_bytes: int = 8_000_000
     """Largest request body accepted (HTTP 413 beyond); an extension may upload the video it continues."""
+    grace_seconds: float = 45.0
+    """On SIGTERM or SIGINT: stop taking requests, checkpoint every video in progress and exit within this many
+    seconds (keep it below the pod's terminationGracePeriodSeconds, 60 in deploy/kuberay)."""
 
 
 @dataclass

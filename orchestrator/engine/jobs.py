@@ -33,6 +33,7 @@ class StreamJob:
     admitted: bool = False  # on the stages (or ended there)
     attempts: int = 0  # pipelines that died while carrying it
     written: int = 0  # frames written so far
+    owner: str = ""  # whose video it is: the queue takes owners in turn
 
     @property
     def id(self) -> str:
@@ -40,12 +41,17 @@ class StreamJob:
 
 
 class JobQueue:
-    """Jobs waiting for the pipeline, first in first out; close() means no more will come."""
+    """Jobs waiting for the pipeline: interrupted ones first, then the owners in turn (the one served longest ago
+    first), each owner's jobs first in first out; close() means no more will come."""
 
     def __init__(self, jobs: Iterator[StreamJob] = (), closed: bool = False):
         self.waiting: collections.deque[StreamJob] = collections.deque(jobs)
+        self.resuming: collections.deque[StreamJob] = collections.deque()  # interrupted by a pipeline failure
+        self.served: dict[str, int] = {}  # owner -> turn at which it was last served
+        self.turn = 0
         self.changed = threading.Condition()
         self.closed = closed
+        self.suspended = False  # the engine is to checkpoint what it carries at the next boundary and stop
 
     def put(self, job: StreamJob) -> None:
         with self.changed:
@@ -55,33 +61,53 @@ class JobQueue:
     def requeue(self, jobs: list[StreamJob]) -> None:
         """Jobs interrupted by a pipeline failure go first, to continue from their checkpoints."""
         with self.changed:
-            self.waiting.extendleft(reversed(jobs))
+            self.resuming.extend(jobs)
             self.changed.notify_all()
 
     def remove(self, job: StreamJob) -> bool:
         """Take a waiting job out of the queue; False if it is not waiting (running, or gone)."""
         with self.changed:
-            try:
-                self.waiting.remove(job)
-            except ValueError:
-                return False
-            return True
+            for line in (self.resuming, self.waiting):
+                if job in line:
+                    line.remove(job)
+                    return True
+            return False
 
     def close(self) -> None:
         with self.changed:
             self.closed = True
             self.changed.notify_all()
 
+    def suspend(self) -> None:
+        """No more jobs; the engine checkpoints those on the stages at the next shift boundary and lets them go,
+        resumable, and the waiting ones stay where they are (a server's clean stop)."""
+        with self.changed:
+            self.closed = self.suspended = True
+            self.changed.notify_all()
+
     def __len__(self) -> int:
-        return len(self.waiting)
+        return len(self.resuming) + len(self.waiting)
+
+    def waiting_of(self, owner: str) -> int:
+        with self.changed:
+            return sum(job.owner == owner for job in self.waiting)
+
+    def _next(self) -> StreamJob:
+        if self.resuming:
+            return self.resuming.popleft()
+        job = min(self.waiting, key=lambda waiting: self.served.get(waiting.owner, -1))  # the first of the least served
+        self.waiting.remove(job)
+        self.turn += 1
+        self.served[job.owner] = self.turn
+        return job
 
     def take(self, count: int, wait: float) -> list[StreamJob]:
         """Up to `count` jobs, waiting up to `wait` seconds for the first; cancelled ones are dropped."""
         taken, cancelled = [], []
         with self.changed:
-            self.changed.wait_for(lambda: self.waiting or self.closed, wait)
-            while self.waiting and len(taken) < count:
-                job = self.waiting.popleft()
+            self.changed.wait_for(lambda: len(self) or self.closed, wait)
+            while len(self) and len(taken) < count:
+                job = self._next()
                 (cancelled if job.cancelled.is_set() else taken).append(job)
         for job in cancelled:  # outside the lock: their hooks may take other locks
             conclude(job, error=UserError("cancelled"))
@@ -90,7 +116,7 @@ class JobQueue:
     @property
     def finished(self) -> bool:
         with self.changed:
-            return self.closed and not self.waiting
+            return self.closed and not len(self)
 
 
 def conclude(job: StreamJob, out: Path | None = None, error: BaseException | None = None) -> None:

@@ -41,6 +41,7 @@ class ActiveStream:
     checkpointer: Checkpointer
     start_refs: list | None  # each stage's published share at the start, read by the first tick only
     upcoming: Tick | None = None
+    last: Tick | None = None  # the tick made last, whose end a checkpoint records
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -142,6 +143,9 @@ class Engine:
         at_boundary = True
         try:
             while self.active or not queue.finished:
+                if at_boundary and queue.suspended:
+                    self.suspend_all()
+                    return
                 if at_boundary and len(self.active) < self.max_streams:
                     self.admit_all(queue.take(self.max_streams - len(self.active), wait=0 if self.active else 0.5))
                 for stream in [s for s in self.active.values() if s.job.cancelled.is_set()]:
@@ -164,6 +168,15 @@ class Engine:
             queue.requeue(retry)
             raise
 
+    def suspend_all(self) -> None:
+        """Checkpoint every stream at this shift boundary and take it off the stages, recorded 'interrupted' and
+        resumable (nothing is concluded: whoever owns the jobs continues them later)."""
+        for stream in list(self.active.values()):
+            if stream.last is not None:
+                self.checkpoint(stream, stream.last)
+        for job in self.interrupted():
+            job.run.set_status("interrupted", None, job.frames_total, job.config.output.out, "server stopped")
+
     def admit_all(self, jobs: list[StreamJob]) -> None:
         """Admit jobs in order; if the pipeline dies meanwhile, the ones not yet admitted wait again."""
         for i, job in enumerate(jobs):
@@ -182,7 +195,7 @@ class Engine:
         peers: list[dict] = [{} for _ in self.pipeline.stages]  # ref -> None, an ordered set per stage
         ticks_now = {}
         for stream in streams:
-            tick = stream.advance()
+            tick = stream.last = stream.advance()
             final = stream.upcoming is None
             ticks_now[stream.job.id] = tick
             refs = stream.start_refs or self.states

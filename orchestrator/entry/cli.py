@@ -160,14 +160,17 @@ def build_parser() -> Parser:
         help="serve the video API (OpenAI-shaped) on Ray Serve",
         description="Start the Ray Serve application orchestrator.entry.serving.app:app locally (or on RAY_ADDRESS): "
                     "POST/GET/DELETE /v1/videos, /v1/videos/{id}/content, /v1/videos/{id}/stream (fragmented "
-                    "MP4 while it is made), POST /v1/videos/extensions, /metrics. Set PAVDM_API_KEY to require "
-                    "a bearer token. Videos live in --root and survive restarts.",
+                    "MP4 while it is made), POST /v1/videos/extensions, /metrics. serve.keys_file (tenants, their key "
+                    "hashes and quotas) or PAVDM_API_KEY (one key) requires a bearer token; each tenant sees only its "
+                    "own videos. Videos live in --root and survive restarts; SIGTERM checkpoints them and exits.",
     )
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     srv.add_argument("--root", default=defaults.run.root,
                      help=f"runs store for the videos (default {defaults.run.root})")
     srv.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=f"model (default {DEFAULT_MODEL})")
+    srv.add_argument("--allow-unauthenticated", action="store_true",
+                     help="listen on a non-loopback --host with no API key (refused otherwise); warns at every start")
     srv.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="config overrides, e.g. pipeline.max_streams=4 serve.max_queued=32")
 
@@ -273,7 +276,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
-    serve_locally(args.host, args.port, {"root": args.root, "model": args.model, "overrides": args.overrides})
+    serve_locally(args.host, args.port, {"root": args.root, "model": args.model, "overrides": args.overrides},
+                  args.allow_unauthenticated)
     return 0
 
 

@@ -1,17 +1,20 @@
 """The Ray Serve application: HTTP routes of the video API over one VideoService (`app` is its import path)."""
 
-import hmac
+import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
 import threading
+import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from ray import serve
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -20,11 +23,14 @@ from orchestrator.core.errors import UserError
 from orchestrator.entry.serving.requests import ApiError, RequestChecker, check_id, read_fields
 from orchestrator.entry.serving.service import VideoService
 from orchestrator.entry.serving.stream import live_video
+from orchestrator.entry.serving.tenants import Tenants, check_exposure
 from orchestrator.state.settings import load_config
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="pavdm", description="Long videos with progressive autoregressive video diffusion.")
 PUBLIC = ("/healthz", "/metrics")
+AUDIT_LOG = "audit.log"
+VIDEO_IN_PATH = re.compile(r"video_[0-9a-f]{32}")
 
 
 def settings_from_env() -> dict:
@@ -40,26 +46,49 @@ def service_config(root: str, model: str, overrides: list[str]) -> Config:
     return config
 
 
-class BearerAuth(BaseHTTPMiddleware):
-    """401 unless `Authorization: Bearer <PAVDM_API_KEY>` (when the variable is set); health and metrics
-    stay open."""
+class TenantAuth(BaseHTTPMiddleware):
+    """Who calls (401 without a known key, when keys are configured; health and metrics stay open), 503 for new
+    work during a clean stop, and one audit line and one counted request per call, keys never among them."""
 
     async def dispatch(self, request: Request, call_next):
-        key = os.environ.get("PAVDM_API_KEY", "")
-        if key and request.url.path not in PUBLIC:
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                return error_response(ApiError(401, "missing or wrong API key (Authorization: Bearer ...)",
+        office = request.app.state.office
+        tenant = office.tenants.identify(request.headers.get("authorization", ""))
+        request.state.tenant, request.state.video_id = tenant, ""
+        if tenant is None and request.url.path not in PUBLIC:
+            response = error_response(ApiError(401, "missing or wrong API key (Authorization: Bearer ...)",
                                                code="invalid_api_key"))
-        return await call_next(request)
+        else:
+            response = await call_next(request)
+        office.record(request, response.status_code)
+        return response
+
+
+class FrontOffice:
+    """The tenants of the server, its audit log (one JSON line per request in the runs store) and the request
+    counter of its metrics."""
+
+    def __init__(self, tenants: Tenants, root: Path, registry):
+        self.tenants, self.audit = tenants, root / AUDIT_LOG
+        self.lock = threading.Lock()
+        self.requests = Counter("pavdm_api_requests", "HTTP requests answered, by tenant, route and status",
+                                ["tenant", "route", "status"], registry=registry)
+
+    def record(self, request: Request, status: int) -> None:
+        tenant = request.state.tenant.name if request.state.tenant is not None else ""
+        route = getattr(request.scope.get("route"), "path", "unknown")
+        match = VIDEO_IN_PATH.search(request.url.path)
+        line = {"time": round(time.time(), 3), "tenant": tenant, "method": request.method, "route": route,
+                "status": status, "video_id": request.state.video_id or (match.group(0) if match else "")}
+        with self.lock, self.audit.open("a") as log_file:
+            log_file.write(json.dumps(line) + "\n")
+        self.requests.labels(tenant, route, str(status)).inc()
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-api.add_middleware(BearerAuth)
+api.add_middleware(TenantAuth)
 
 
 @api.exception_handler(ApiError)
@@ -87,13 +116,19 @@ class VideoAPI:
     """One replica: it owns the pipeline (its stages and sink are its child actors)."""
 
     def __init__(self, settings: dict):
-        self.service = VideoService(service_config(settings["root"], settings["model"], settings["overrides"]),
-                                    settings["model"])
+        config = service_config(settings["root"], settings["model"], settings["overrides"])
+        tenants = Tenants(config.serve.keys_file)
+        self.service = VideoService(config, settings["model"], tenants)
+        api.state.office = FrontOffice(tenants, self.service.root, self.service.metrics.registry)
         self.checker = RequestChecker(self.service.config.serve, settings["model"], self.service.size)
         self.limit = self.service.config.serve.max_body_bytes
 
-    def __del__(self):
-        self.service.stop()
+    def __del__(self):  # Ray Serve stopping the replica (a RayService rollout): the same clean stop
+        self.service.drain(self.service.config.serve.grace_seconds)
+
+    def drain(self, grace: float) -> list[str]:
+        """The clean stop, called by `pavdm serve` on SIGTERM or SIGINT (see VideoService.drain)."""
+        return self.service.drain(grace)
 
     @api.get("/healthz")
     def health(self):
@@ -108,24 +143,27 @@ class VideoAPI:
 
     @api.post("/v1/videos")
     async def create(self, request: Request) -> dict:
-        video = self.service.submit(self.checker.create(await read_fields(request, self.limit)))
+        video = self.service.submit(self.checker.create(await read_fields(request, self.limit)), request.state.tenant)
+        request.state.video_id = video.id
         return self.service.describe(video)
 
     @api.post("/v1/videos/extensions")
     async def extend(self, request: Request) -> dict:
         fields = await read_fields(request, self.limit)
+        tenant = request.state.tenant
         if isinstance(fields.get("video"), bytes):  # the official client uploads the video itself
-            fields["video"] = {"id": self.service.find_by_content(fields["video"])}
-        video = self.service.submit(self.checker.extension(fields))
+            fields["video"] = {"id": self.service.find_by_content(fields["video"], tenant)}
+        video = self.service.submit(self.checker.extension(fields), tenant)
+        request.state.video_id = video.id
         return self.service.describe(video)
 
     @api.get("/v1/videos")
-    def list_videos(self, after: str = "", limit: int = 20, order: str = "desc") -> dict:
+    def list_videos(self, request: Request, after: str = "", limit: int = 20, order: str = "desc") -> dict:
         if order not in ("asc", "desc"):
             raise ApiError(400, "order must be 'asc' or 'desc'", "order")
         if not 1 <= limit <= 100:
             raise ApiError(400, "limit must be in 1..100", "limit")
-        records = self.service.records()
+        records = self.service.records(request.state.tenant)
         if order == "desc":
             records.reverse()
         ids = [r.id for r in records]
@@ -138,17 +176,17 @@ class VideoAPI:
                 "has_more": start + limit < len(records)}
 
     @api.get("/v1/videos/{video_id}")
-    def retrieve(self, video_id: str) -> dict:
-        return self.service.describe(self.service.record(check_id(video_id)))
+    def retrieve(self, request: Request, video_id: str) -> dict:
+        return self.service.describe(self.service.record(check_id(video_id), request.state.tenant))
 
     @api.delete("/v1/videos/{video_id}")
-    def delete(self, video_id: str) -> dict:
-        self.service.delete(check_id(video_id))
+    def delete(self, request: Request, video_id: str) -> dict:
+        self.service.delete(check_id(video_id), request.state.tenant)
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
     @api.get("/v1/videos/{video_id}/content")
-    def content(self, video_id: str, variant: str = "video") -> FileResponse:
-        record = self.service.record(check_id(video_id))
+    def content(self, request: Request, video_id: str, variant: str = "video") -> FileResponse:
+        record = self.service.record(check_id(video_id), request.state.tenant)
         if variant != "video":
             raise ApiError(400, "only variant=video is available", "variant")
         if record.completed_at is None:
@@ -157,8 +195,8 @@ class VideoAPI:
         return FileResponse(self.service.content(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
 
     @api.get("/v1/videos/{video_id}/stream")
-    def stream(self, video_id: str) -> Response:
-        record = self.service.record(check_id(video_id))
+    def stream(self, request: Request, video_id: str) -> Response:
+        record = self.service.record(check_id(video_id), request.state.tenant)
         state = self.service.status_of(record)[0]
         if state == "completed":
             return FileResponse(self.service.content(video_id), media_type="video/mp4")
@@ -175,24 +213,32 @@ def check_port_free(host: str, port: int, what: str) -> None:
             raise UserError(f"cannot listen on {host}:{port} for {what}: {err.strerror}") from None
 
 
-def serve_locally(host: str, port: int, settings: dict) -> None:
-    """`pavdm serve`: the application on Ray Serve (joining RAY_ADDRESS if set) until SIGINT or SIGTERM."""
+def serve_locally(host: str, port: int, settings: dict, allow_unauthenticated: bool = False) -> None:
+    """`pavdm serve`: the application on Ray Serve (joining RAY_ADDRESS if set) until SIGINT or SIGTERM, which
+    stop it cleanly: every video in progress is checkpointed and continues on the next start."""
     from orchestrator.engine.ray_pipeline import ray_session
 
     config = service_config(settings["root"], settings["model"], settings["overrides"])  # errors before Ray
+    warning = check_exposure(host, Tenants(config.serve.keys_file), allow_unauthenticated)
+    if warning:
+        log.warning(warning)
     check_port_free(host, port, "the API")
     if config.metrics.port:
         check_port_free(config.metrics.host, config.metrics.port, "metrics (metrics.port=0 disables)")
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     with ray_session(config.pipeline):
+        for signum in (signal.SIGINT, signal.SIGTERM):  # after Ray's start, which installs handlers of its own
+            signal.signal(signum, lambda *_: stop.set())
         serve.start(http_options={"host": host, "port": port})
         try:
-            serve.run(VideoAPI.bind(settings), name="pavdm", route_prefix="/", blocking=False)
+            handle = serve.run(VideoAPI.bind(settings), name="pavdm", route_prefix="/", blocking=False)
             print(f"pavdm: serving on http://{host}:{port}/v1/videos (runs in {config.run.root}); Ctrl-C stops",
                   flush=True)
             stop.wait()
+            grace = config.serve.grace_seconds
+            print(f"pavdm: stopping: checkpointing the videos in progress (at most {grace:g} s)", flush=True)
+            for line in handle.drain.remote(grace * 0.8).result(timeout_s=grace * 0.9):
+                print(f"pavdm: {line}", flush=True)
         finally:
             serve.shutdown()
 

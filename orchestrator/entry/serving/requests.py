@@ -17,9 +17,11 @@ VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
 class ApiError(Exception):
     """An error answered as an HTTP status with an OpenAI-style error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str = "invalid_request"):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str = "invalid_request",
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": "invalid_request_error" if self.status < 500 else

@@ -19,6 +19,7 @@ from orchestrator.core.errors import UserError, one_line
 from orchestrator.engine.jobs import JobQueue, StreamJob, conclude
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.entry.serving.requests import VIDEO_ID, ApiError, VideoRequest, new_video_id
+from orchestrator.entry.serving.tenants import OPEN, Tenant, Tenants
 from orchestrator.state import segments
 from orchestrator.state.atomic import partial_path, write_text_atomic
 from orchestrator.state.runs import RunFolder
@@ -43,6 +44,7 @@ class VideoRecord:
     completed_at: int | None = None  # set once content.mp4 exists
     error: str = ""
     content_sha256: str = ""  # of content.mp4, to recognise an uploaded copy
+    tenant: str = OPEN  # who made it: only they see it
 
 
 def load_record(path: Path) -> VideoRecord | None:
@@ -56,8 +58,8 @@ class VideoService:
     """Accepts requests, keeps each video's record and run folder under the runs root, and feeds a JobQueue
     that one pipeline works through (continuous batching of up to pipeline.max_streams videos)."""
 
-    def __init__(self, config: Config, model: str):
-        self.config, self.model = config, model
+    def __init__(self, config: Config, model: str, tenants: Tenants):
+        self.config, self.model, self.tenants = config, model, tenants
         self.root = Path(config.run.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         width, height = written_frame_size(config)
@@ -68,6 +70,7 @@ class VideoService:
         self.metrics = PipelineMetrics("serve", config.pipeline.stages)
         self.pipeline = None
         self.broken = ""  # why the pipeline cannot start, if it cannot
+        self.stopping = False  # a clean stop is under way: no new videos
         self.recover()
         self.worker = threading.Thread(target=self.work, name="pavdm-pipeline", daemon=True)
         self.worker.start()
@@ -77,7 +80,7 @@ class VideoService:
     def work(self) -> None:
         from orchestrator.engine.ray_pipeline import run_jobs
 
-        while not self.queue.finished:
+        while not (self.queue.finished or self.queue.suspended):
             try:
                 run_jobs(self.config, self.queue, self.metrics, on_pipeline=self.use_pipeline)
             except UserError as err:  # the pipeline cannot be built as configured: nothing waiting can run
@@ -99,14 +102,28 @@ class VideoService:
         """No new videos; what is on the stages or waiting keeps its checkpoints and continues after a restart."""
         self.queue.close()
 
+    def drain(self, grace: float) -> list[str]:
+        """A clean stop: no new videos, every video on the stages checkpointed at its next shift boundary and
+        taken off, the pipeline stopped; within `grace` seconds. One line per video left to continue."""
+        self.stopping = True
+        self.queue.suspend()
+        self.worker.join(timeout=grace)
+        lines = []
+        for job in list(self.live.values()):
+            status = job.run.status()
+            kept = status.frames_written if status is not None else 0
+            lines.append(f"saved {job.id} at frame {kept} of {job.frames_total or '?'}; it continues on the next start")
+        return lines
+
     # --- records -----------------------------------------------------------------------------------------------
 
     def folder(self, video_id: str) -> Path:
         return self.root / video_id  # video_id matched VIDEO_ID: a plain name inside the root
 
-    def record(self, video_id: str) -> VideoRecord:
+    def record(self, video_id: str, tenant: Tenant | None = None) -> VideoRecord:
+        """A video's record; another tenant's video answers 404 exactly as an unknown one."""
         record = load_record(self.folder(video_id) / RECORD)
-        if record is None:
+        if record is None or (tenant is not None and record.tenant != tenant.name):
             raise ApiError(404, "no video with that id", "video_id", "not_found")
         return record
 
@@ -143,21 +160,24 @@ class VideoService:
             "error": {"code": "generation_failed", "message": error} if state == "failed" else None,
         }
 
-    def records(self) -> list[VideoRecord]:
+    def records(self, tenant: Tenant | None = None) -> list[VideoRecord]:
+        """Every video's record, or one tenant's, oldest first."""
         found = [load_record(path) for path in self.root.glob(f"*/{RECORD}") if VIDEO_ID.match(path.parent.name)]
-        return sorted((r for r in found if r is not None), key=lambda r: (r.created_at, r.id))
+        return sorted((r for r in found if r is not None and (tenant is None or r.tenant == tenant.name)),
+                      key=lambda r: (r.created_at, r.id))
 
     # --- requests ----------------------------------------------------------------------------------------------
 
-    def submit(self, request: VideoRequest) -> VideoRecord:
-        """Create the video's record and run, and queue it (HTTP 429 when the queue is full)."""
-        if len(self.queue) >= self.config.serve.max_queued:
-            raise ApiError(429, f"the queue is full ({self.config.serve.max_queued} videos waiting); retry later",
-                           code="queue_full")
+    def submit(self, request: VideoRequest, tenant: Tenant) -> VideoRecord:
+        """Create the video's record and run, and queue it (HTTP 429 beyond the tenant's share of the queue or
+        its quotas)."""
+        if self.stopping:
+            raise ApiError(503, "the server is stopping; retry on the next start", code="stopping")
+        self.check_quotas(request, self.tenants.named(tenant.name))
         total = request.seconds
         init_latents = ""
         if request.extends:
-            parent = self.record(request.extends)
+            parent = self.record(request.extends, tenant)
             if parent.completed_at is None:
                 raise ApiError(400, "only a completed video can be extended", "video")
             if parent.size != self.size:
@@ -178,10 +198,31 @@ class VideoService:
         config.output.latents_out = str(self.folder(video_id) / "latents.arrow")
         run = RunFolder.create(config)
         record = VideoRecord(video_id, int(time.time()), request.prompt, request.seconds, total, request.size,
-                             request.model, request.seed, request.extends)
+                             request.model, request.seed, request.extends, tenant=tenant.name)
         self.save(record)
-        self.enqueue(StreamJob(config, run))
+        self.enqueue(StreamJob(config, run, owner=tenant.name))
         return record
+
+    def check_quotas(self, request: VideoRequest, tenant: Tenant) -> None:
+        """429 with Retry-After when the tenant has its share of the queue waiting, max_videos queued or running,
+        or would pass max_video_seconds_per_hour."""
+        if self.queue.waiting_of(tenant.name) >= self.config.serve.max_queued:
+            raise ApiError(429, f"you have {self.config.serve.max_queued} videos waiting (serve.max_queued); retry "
+                                "later", code="queue_full", retry_after=10)
+        if tenant.max_videos is not None:
+            with self.lock:
+                running = sum(job.owner == tenant.name for job in self.live.values())
+            if running >= tenant.max_videos:
+                raise ApiError(429, f"you have {running} videos queued or running, your quota is "
+                                    f"{tenant.max_videos}", code="quota_exceeded", retry_after=10)
+        if tenant.max_video_seconds_per_hour is not None:
+            now = time.time()
+            recent = [(r.created_at, r.seconds) for r in self.records(tenant) if r.created_at > now - 3600]
+            used = sum(seconds for _, seconds in recent)
+            if used + request.seconds > tenant.max_video_seconds_per_hour:
+                frees = [created + 3600 - now for created, _ in sorted(recent)] or [0.0]
+                raise ApiError(429, f"{used:g} of your {tenant.max_video_seconds_per_hour:g} video-seconds per hour "
+                                    "are used", code="quota_exceeded", retry_after=max(1, int(frees[0]) + 1))
 
     def enqueue(self, job: StreamJob) -> None:
         job.on_end = self.ended
@@ -228,16 +269,16 @@ class VideoService:
         for part in (folder / "new.mp4", folder / "latents.arrow"):  # now inside content / latents_all
             part.unlink(missing_ok=True)
 
-    def find_by_content(self, data: bytes) -> str:
-        """The id of the completed video whose content.mp4 is exactly `data`."""
+    def find_by_content(self, data: bytes, tenant: Tenant) -> str:
+        """The id of the tenant's completed video whose content.mp4 is exactly `data`."""
         digest = hashlib.sha256(data).hexdigest()
-        for record in self.records():
+        for record in self.records(tenant):
             if record.content_sha256 == digest:
                 return record.id
         raise ApiError(400, "the uploaded video is not one made by this service; pass video[id] instead", "video")
 
-    def delete(self, video_id: str) -> None:
-        self.record(video_id)
+    def delete(self, video_id: str, tenant: Tenant) -> None:
+        self.record(video_id, tenant)
         with self.lock:
             job = self.live.get(video_id)
             if job is None or self.queue.remove(job):  # finished, or still waiting: gone now
@@ -259,7 +300,7 @@ class VideoService:
                 record.error = status.error or "generation failed"
                 self.save(record)
             else:
-                self.enqueue(StreamJob(run.load_config(), run))
+                self.enqueue(StreamJob(run.load_config(), run, owner=record.tenant))
 
     async def frames_since(self, video_id: str, index: int):
         """Frames of a video being made, from the sink: ([(index, [H, W, 3])], done | None if unknown)."""

@@ -23,7 +23,8 @@ def test_wheel_holds_package_data_and_runs_elsewhere(tmp_path):
             "orchestrator/models/tiny/README.md", "orchestrator/models/tiny/transformer/config.json",
             "orchestrator/models/tiny/transformer/diffusion_pytorch_model.safetensors"} <= set(names)
     top_level = {name.split("/")[0] for name in names if not name.startswith("pavdm-")}
-    assert top_level == {"orchestrator", "actors", "training"}  # no generic names such as configs or models
+    assert top_level == {"orchestrator", "actors", "training", "pavdm"}  # no generic names such as configs or models
+    assert {"pavdm/__init__.py", "pavdm/py.typed"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"

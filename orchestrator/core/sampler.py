@@ -166,6 +166,7 @@ def sample(
     partition: Partition | None = None,
     resume: tuple[int, dict[int, torch.Tensor], int] | None = None,
     on_boundary: Callable[[Tick, dict[int, torch.Tensor]], None] | None = None,
+    on_tick: Callable[[Tick], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (chunk index, clean latents [Ch, C, H, W]) in order; memory holds only the window.
 
@@ -174,7 +175,7 @@ def sample(
     window as it was at the start of the tick, and only its own chunks are updated.
     resume: (next tick, window chunks, number of initial clip chunks) from a checkpoint.
     on_boundary(tick, window) is called after every last tick of a shift, once its finished chunks
-    have been yielded.
+    have been yielded; on_tick(tick) at the end of every tick, after on_boundary.
     """
     partition = partition or Partition()
     grid = LevelGrid.of(geometry)
@@ -196,3 +197,5 @@ def sample(
         window = {m: x for m, x in window.items() if m in live}  # constant memory in video length
         if tick.boundary and on_boundary is not None:
             on_boundary(tick, window)
+        if on_tick is not None:
+            on_tick(tick)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.backends.base import Backend
 from actors.backends.factory import build_backend, frame_count
 from actors.video_sink import VideoSize, config_path_for, write_outputs
-from orchestrator.core.config import Config, apply_overrides, video_identity
+from orchestrator.core.config import Config, ModelConfig, apply_overrides, video_identity
 from orchestrator.core.errors import UserError, ending
 from orchestrator.core.prompts import PromptSchedule
-from orchestrator.engine.local import run_local
+from orchestrator.core.schedule import Tick
+from orchestrator.engine.local import WrittenChunk, local_video, run_to_end
 from orchestrator.engine.plan import begin, frame_progress, plan_video
 from orchestrator.state import segments
 from orchestrator.state.outputs import check_writable, same_file
@@ -73,8 +76,14 @@ def made_segments(run: RunFolder, config: Config, size: VideoSize) -> tuple[list
     return None
 
 
-def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
-    """Run (or continue) a run to completion, keeping its status file true."""
+BackendOf = Callable[[ModelConfig], Backend]
+
+
+def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[[Tick], None] | None = None,
+              backend_of: BackendOf = build_backend) -> Generator[WrittenChunk, None, GenerationResult]:
+    """Run (or continue) a run to completion, keeping its status file true. In process (pipeline.stages = 0) it
+    yields every chunk once written and on_tick hears of every tick; the Ray executor yields nothing. backend_of
+    gives the in-process model."""
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
     run.set_status("running", None, plan.size.frames, config.output.out)
@@ -83,10 +92,11 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
         if made is not None:  # every frame is in segments: only the outputs are left to write
             out, restarts, checkpoint_seconds = write_outputs(config, run.segments, *made), 0, 0.0
         elif config.pipeline.stages == 0:
-            backend = build_backend(config.model)
+            backend = backend_of(config.model)
             start, checkpointer = begin(run, config, plan, backend.latent_shape)
             with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
-                out = run_local(config, plan, backend, start, checkpointer, lambda n: bar.update(n - bar.n))
+                out = yield from local_video(config, plan, backend, start, checkpointer,
+                                             lambda n: bar.update(n - bar.n), on_tick)
             restarts, checkpoint_seconds = 0, checkpointer.seconds
         else:
             from orchestrator.engine.ray_pipeline import run_pipeline
@@ -102,25 +112,42 @@ def execute(run: RunFolder, config: Config, progress: bool) -> GenerationResult:
                             restarts)
 
 
-def generate(config: Config, progress: bool = True) -> GenerationResult:
-    """Start a new run; its outputs appear under their final names only if it completes.
+def execute(run: RunFolder, config: Config, progress: bool, backend_of: BackendOf = build_backend
+            ) -> GenerationResult:
+    """Run (or continue) a run to completion, keeping its status file true."""
+    return run_to_end(execution(run, config, progress, backend_of=backend_of))
 
-    pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
-    """
+
+def new_run(config: Config) -> RunFolder:
+    """Check the request, then create its run folder (topology and length errors before any folder exists)."""
     check_request(config)
-    plan = plan_video(config, frame_count(config.model))  # topology and length errors before any folder exists
+    plan = plan_video(config, frame_count(config.model))
     for line in plan.prompts.never_shown(plan.num_chunks):
         log.warning(line)
-    run = RunFolder.create(config)
+    return RunFolder.create(config)
+
+
+def generation(config: Config, progress: bool = True, on_tick: Callable[[Tick], None] | None = None,
+               backend_of: BackendOf = build_backend) -> Generator[WrittenChunk, None, GenerationResult]:
+    """generate(), yielding what execution() yields."""
+    run = new_run(config)
     try:
-        return execute(run, config, progress)
+        return (yield from execution(run, config, progress, on_tick, backend_of))
     except UserError:
         run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources): leave nothing
         raise
 
 
+def generate(config: Config, progress: bool = True) -> GenerationResult:
+    """Start a new run; its outputs appear under their final names only if it completes.
+
+    pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
+    """
+    return run_to_end(generation(config, progress))
+
+
 def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True, out: str | None = None,
-           latents_out: str | None = None) -> GenerationResult:
+           latents_out: str | None = None, backend_of: BackendOf = build_backend) -> GenerationResult:
     """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video. `out`
     and `latents_out` move its outputs (the latents only where the run writes them)."""
     run = RunFolder.find(run_ref, root)
@@ -140,4 +167,4 @@ def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True,
         raise UserError(f"run {run.run_id} is already complete: {status.out}")
     check_request(config)
     run.save_config(config)
-    return execute(run, config, progress)
+    return execute(run, config, progress, backend_of)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,15 @@ def read_yaml(path: Path) -> DictConfig:
 
 
 def load_config(
-    files: list[str | Path] = (), overrides: list[str] = (), model: str | None = None
+    files: list[str | Path] = (), overrides: list[str] = (), model: str | None = None,
+    mappings: list[Mapping[str, Any]] = (),
 ) -> Config:
-    """Merge packaged defaults, a --model choice, extra YAML files and `a.b=c` overrides; validate."""
+    """Merge packaged defaults, a --model choice, extra YAML files, mappings of keys (nested like the YAML) and
+    `a.b=c` overrides, in that order; validate."""
     layers: list[Any] = [read_yaml(packaged_config_dir() / "default.yaml")]
     if model:
         layers.append(model_layer(model))
-    layers += [read_yaml(Path(f)) for f in files]
+    layers += [read_yaml(Path(f)) for f in files] + list(mappings)
     config: Config = merge_layers(Config, layers, overrides)
     validate(config)
     return config

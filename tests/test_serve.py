@@ -139,7 +139,7 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
     (server.root / old).mkdir()
     (server.root / old / "video.json").write_text(json.dumps({
         "id": old, "created_at": 1, "prompt": "a red circle", "seconds": 4, "total_seconds": 4, "size": "32x32",
-        "model": "tiny", "seed": 0, "completed_at": 2}))
+        "model": "tiny", "seed": 0, "completed_at": 2, "tenant": "default"}))  # the caller's: PAVDM_API_KEY's
     extension = requests.post(f"{url}/extensions", headers=auth, json={"prompt": "a", "seconds": 4,
                                                                        "video": {"id": old}})
     assert extension.status_code == 400 and "is 32x32" in extension.json()["error"]["message"]

@@ -207,8 +207,8 @@ class VideoService:
         """429 with Retry-After when the tenant has its share of the queue waiting, max_videos queued or running,
         or would pass max_video_seconds_per_hour."""
         if self.queue.waiting_of(tenant.name) >= self.config.serve.max_queued:
-            raise ApiError(429, f"you have {self.config.serve.max_queued} videos waiting (serve.max_queued); retry "
-                                "later", code="queue_full", retry_after=10)
+            raise ApiError(429, f"the queue is full: you have {self.config.serve.max_queued} videos waiting "
+                                "(serve.max_queued); retry later", code="queue_full", retry_after=10)
         if tenant.max_videos is not None:
             with self.lock:
                 running = sum(job.owner == tenant.name for job in self.live.values())

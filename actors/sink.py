@@ -12,6 +12,7 @@ from actors.backends.factory import build_codec
 from actors.video_sink import VideoSink, VideoSize
 from orchestrator.core.config import Config
 from orchestrator.core.prompts import ChunkPrompts
+from orchestrator.core.sampler import Window
 from orchestrator.state.checkpoint import CheckpointStore
 from orchestrator.state.run_state import SinkState, write_checkpoint
 
@@ -37,10 +38,11 @@ class Sink:
         self.videos[stream] = VideoSink(config, self.codec, size, prompts, Path(workdir), resume)
 
     def save_checkpoint(self, stream: str, uri: str, keep: int, next_tick: int, meta: dict,
-                        *published: dict[str, dict[int, torch.Tensor]]) -> int:
+                        *published: dict[str, Window]) -> int:
         """Close the stream's open segments, then write one checkpoint of its window (the stages' published
-        chunks) and its sink state. Runs after every write submitted before it; returns the frames it covers."""
-        window = {m: x for chunks in published for m, x in chunks.get(stream, {}).items()}
+        chunks, with their solver history) and its sink state. Runs after every write submitted before it; returns
+        the frames it covers."""
+        window = Window.joined(shares[stream] for shares in published if stream in shares)
         return write_checkpoint(self.videos[stream], CheckpointStore(uri, keep), next_tick, window, meta)
 
     def write(self, *emitted: dict[str, list[tuple[int, torch.Tensor]]]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from actors.backends.factory import build_backend
 from orchestrator.core.config import ModelConfig
 from orchestrator.core.errors import UserError
 from orchestrator.core.planner import StageTick
-from orchestrator.core.sampler import LevelGrid, NoiseSource, denoise_views
+from orchestrator.core.sampler import LevelGrid, NoiseSource, Window, denoise_views
 from orchestrator.core.schedule import Geometry
 
 
@@ -30,13 +30,13 @@ class TickStats:
 
 @dataclass
 class StreamWindow:
-    """A stage's part of one stream (video): its noise and the chunks of its band it holds."""
+    """A stage's part of one stream (video): its noise and the chunks of its band it holds, with their history."""
 
     noise: NoiseSource
-    store: dict[int, torch.Tensor]
+    store: Window
 
 
-Published = dict[str, dict[int, torch.Tensor]]  # stream -> chunk -> [Ch, C, h, w], what neighbours may read
+Published = dict[str, Window]  # stream -> the chunks (and solver history) neighbours may read
 
 
 class Stage:
@@ -63,12 +63,12 @@ class Stage:
             raise UserError(self.error)
         return self.backend.latent_shape
 
-    def start(self, stream: str, seed: int, geometry: Geometry, chunks: dict[int, torch.Tensor]) -> Published:
-        """Begin (or resume) a stream holding `chunks`, its band's share of the window; returns them published."""
+    def start(self, stream: str, seed: int, geometry: Geometry, share: Window) -> Published:
+        """Begin (or resume) a stream holding `share`, its band's share of the window; returns it published."""
         shape = (self.backend.latent_shape[0], geometry.chunk, *self.backend.latent_shape[1:])
         self.grid = LevelGrid.of(geometry)  # one geometry per pipeline
-        self.streams[stream] = StreamWindow(NoiseSource(seed, shape), dict(chunks))
-        return {stream: dict(chunks)}
+        self.streams[stream] = StreamWindow(NoiseSource(seed, shape), share.copy())
+        return {stream: share}
 
     def drop(self, stream: str) -> None:
         """Forget a stream that left early (cancelled or failed)."""
@@ -80,8 +80,8 @@ class Stage:
     def tick(
         self, plans: dict[str, StageTick], *peers: Published
     ) -> tuple[Published, dict[str, list[tuple[int, torch.Tensor]]], TickStats]:
-        """For every stream in `plans`: take what the band needs from the peers' published chunks, draw its
-        entering noise; then the model calls (batched across streams); keep `plan.keep`.
+        """For every stream in `plans`: take what the band needs from the peers' published chunks (with their solver
+        history), draw its entering noise; then the model calls (batched across streams); keep `plan.keep`.
 
         Returns (published chunks, emitted (index, chunk) pairs per stream, stats).
         """
@@ -90,12 +90,12 @@ class Stage:
         for stream, plan in plans.items():
             window = self.streams[stream]
             for peer in peers:
-                chunks = peer.get(stream, {})
-                for m in plan.needs.difference(window.store).intersection(chunks):
-                    window.store[m] = chunks[m]
-                    received += chunks[m].numel() * chunks[m].element_size()
+                held = peer.get(stream, Window())
+                taken = held.only(plan.needs.difference(window.store.chunks))
+                window.store.update(taken)
+                received += taken.nbytes
             for m in plan.draw:
-                window.store[m] = window.noise.chunk(m)
+                window.store.chunks[m] = window.noise.chunk(m)
         calling = [stream for stream, plan in plans.items() if plan.view is not None]
         call_seconds = 0.0
         if calling:
@@ -103,15 +103,15 @@ class Stage:
             bands = [(plans[s].tick, plans[s].view, self.streams[s].store, self.streams[s].noise,
                       self.encodings.get(plans[s].prompt)) for s in calling]
             updated = denoise_views(self.backend.velocity, self.backend.join_conds, self.grid, bands)
-            for stream, chunks in zip(calling, updated, strict=True):
-                self.streams[stream].store |= chunks
+            for stream, stepped in zip(calling, updated, strict=True):
+                self.streams[stream].store.update(stepped)
             call_seconds = time.perf_counter() - call_started
         published, emitted = {}, {}
         for stream, plan in plans.items():
             window = self.streams[stream]
-            emitted[stream] = [(m, window.store[m]) for m in plan.emit]
-            window.store = {m: x for m, x in window.store.items() if m in plan.keep}
-            published[stream] = dict(window.store)
+            emitted[stream] = [(m, window.store.chunks[m]) for m in plan.emit]
+            window.store = window.store.only(plan.keep)
+            published[stream] = window.store.copy()
             if plan.final:
                 del self.streams[stream]
         stats = TickStats(self.index, min(p.tick.index for p in plans.values()), call_seconds, started, time.time(),

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+from orchestrator.core.config import Config
 from orchestrator.core.errors import UserError
+from orchestrator.core.sampler import Window
 from orchestrator.state.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint, decode, encode
+from orchestrator.state.run_state import SinkState, checkpoint_meta, make_checkpoint, start_from
 
 
 def sample_checkpoint(tick: int) -> Checkpoint:
@@ -75,3 +78,19 @@ def test_uri_that_is_not_a_folder_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write checkpoint"):
         CheckpointStore(str(blocker / "ckpt")).write(sample_checkpoint(1))
+
+
+def test_solver_history_round_trips_and_another_solver_is_refused():
+    """Issue 37: the window's history is saved under its own names and restored; a checkpoint made with one
+    solver does not resume with another, and the refusal names the key."""
+    config = Config()
+    config.schedule.solver = "dpmpp_3m"
+    window = Window({-1: torch.randn(3, 5, 4, 4), 4: torch.randn(3, 5, 4, 4)}, {4: torch.randn(2, 3, 5, 4, 4)})
+    checkpoint = decode(encode(make_checkpoint(12, window, SinkState(), checkpoint_meta(config, 1))))
+    assert sorted(checkpoint.tensors) == ["chunk/-1", "chunk/4", "history/4"]
+    restored = start_from(checkpoint, config).window
+    assert restored.chunks.keys() == window.chunks.keys() and restored.history.keys() == {4}
+    assert torch.equal(restored.history[4], window.history[4]) and torch.equal(restored.chunks[-1], window.chunks[-1])
+    config.schedule.solver = "euler"
+    with pytest.raises(UserError, match=r"different video settings: schedule\.solver$"):
+        start_from(checkpoint, config)

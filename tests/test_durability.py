@@ -110,3 +110,26 @@ def test_resume_refuses_changed_video_settings_and_skips_damaged_checkpoints(tmp
     assert result.stderr.count("skipping damaged checkpoint") == 2
     assert torch.equal(read_latents(tmp_path / "dmg.arrow"), reference)
     assert probe_mp4(tmp_path / "dmg.mp4")[0] == FRAMES
+
+
+@pytest.mark.parametrize("solver,eta", [("dpmpp_2m", "0"), ("dpmpp_3m", "0.5")])
+def test_multistep_history_survives_a_killed_stage_and_a_killed_controller(tmp_path, solver, eta):
+    """Issue 37: every chunk's solver history lives in its stage, crosses bands with it and is in the checkpoints,
+    so a killed stage (rebuilt from the last checkpoint) and a killed controller (resumed) give the uninterrupted
+    video; a resume with another solver is refused, naming the key."""
+    settings = ("--seconds", "16", f"schedule.solver={solver}", f"schedule.stochasticity={eta}")  # 128 frames
+    done = generate(tmp_path, "whole", *settings)
+    assert done.returncode == 0, done.stderr
+    process = generate(tmp_path, "hit", *settings, wait=False)
+    wait_until(lambda: frames_written(tmp_path, "hit") >= 30)
+    os.kill(random.choice(stage_pids()), signal.SIGKILL)
+    wait_until(lambda: frames_written(tmp_path, "hit") >= 70)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert "restart 1 of 3" in stderr
+    refused = cli("resume", "hit", "--quiet", "schedule.solver=euler", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("cannot resume with settings that change the video: schedule.solver")
+    result = cli("resume", "hit", "--quiet", "metrics.port=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(read_latents(tmp_path / "hit.arrow"), read_latents(tmp_path / "whole.arrow"))

@@ -23,10 +23,11 @@ def ray_cluster():
     ray.shutdown()
 
 
-def stream_configs(tmp_path, model, stages, halo):
+def stream_configs(tmp_path, model, stages, halo, solver="euler"):
     """Four videos of different seeds, prompts and lengths (so they join and leave at different ticks)."""
     base = small_config(tmp_path, model, stages, halo)
     base.pipeline.max_streams = 3
+    base.schedule.solver = solver
     configs = []
     for i, (seconds, seed) in enumerate([(2.0, 1), (4.0, 2), (1.0, 3), (3.0, 4)]):
         config = copy.deepcopy(base)
@@ -38,9 +39,14 @@ def stream_configs(tmp_path, model, stages, halo):
     return base, configs
 
 
-@pytest.mark.parametrize("backend,stages,halo", [("gaussian", 2, 1), ("skyreels", 2, "all")])
-def test_streams_batched_equal_videos_made_alone(ray_cluster, tmp_path, tiny_pixel_model, backend, stages, halo):
-    base, configs = stream_configs(tmp_path, models(tiny_pixel_model)[backend], stages, halo)
+@pytest.mark.parametrize("backend,stages,halo,solver", [
+    ("gaussian", 2, 1, "euler"), ("skyreels", 2, "all", "euler"), ("gaussian", 2, "all", "dpmpp_2m"),
+    ("gaussian", 2, 1, "dpmpp_3m"),
+])
+def test_streams_batched_equal_videos_made_alone(ray_cluster, tmp_path, tiny_pixel_model, backend, stages, halo,
+                                                 solver):
+    """Every stream keeps its own chunks' solver history."""
+    base, configs = stream_configs(tmp_path, models(tiny_pixel_model)[backend], stages, halo, solver)
     metrics = PipelineMetrics("streams", stages)
     jobs = [StreamJob(config, RunFolder.create(config)) for config in configs]
     pipeline = Pipeline(base)

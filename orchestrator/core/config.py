@@ -15,6 +15,7 @@ from orchestrator.core.rules import check_length, check_run_id, seed_value
 
 ScheduleKind = Literal["progressive", "chunked", "replace_noise", "fifo"]
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
+Solver = Literal["euler", "dpmpp_2m", "dpmpp_3m"]
 
 
 @dataclass
@@ -38,10 +39,17 @@ class ScheduleConfig:
     """Level l of the grid at which the context chunks are shown to the model: re-noised to sigma(l/S) (with
     `shift`) with fresh noise every call; 0 = clean, as in the paper. For models trained with a noisy context
     chunk (keep sigma(l/S) within the noise they saw). replace_noise re-noises its own."""
+    solver: Solver = "euler"
+    """How every chunk steps down its own levels S -> 0: euler = the first-order step of PA-VDM; dpmpp_2m and
+    dpmpp_3m = DPM-Solver++ of second and third order, multistep over the model's clean estimates along the chunk's
+    own levels (its last one or two estimates travel with it, through stages and checkpoints; a chunk's first steps
+    and its last, to level 0, are of lower order)."""
     stochasticity: float = 0.0
-    """eta in [0, 1]: every step lands on the model's clean estimate re-noised with sqrt(1 - eta^2) of its noise
-    estimate and eta of fresh noise (seeded by seed, call and chunk); 0 = the deterministic Euler step, 1 = all
-    fresh. Some fresh noise keeps a model's own errors from piling up over a long video."""
+    """eta in [0, 1]: every step samples the flow's posterior between its two levels with eta times the posterior's
+    noise (DDIM's family: the clean estimate re-noised with sqrt(1 - c^2) of its noise estimate and c of fresh noise,
+    c = eta sqrt(1 - e^-2h) for the step's gain h in half log-SNR; seeded by seed, call and chunk). 0 = the
+    deterministic step, 1 = the ancestral step; every eta keeps the marginal noise level. Some fresh noise keeps a
+    model's own errors from piling up over a long video."""
 
 
 @dataclass

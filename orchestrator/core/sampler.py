@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 from orchestrator.core.partition import BandView, Partition, band_views
 from orchestrator.core.schedule import Geometry, Tick, level_sigmas, ticks
+from orchestrator.core.solvers import SOLVER_ORDER, clean_estimate, flow_step, multistep_estimate, posterior_step
 
 
 class VelocityFn(Protocol):
@@ -45,45 +45,96 @@ class NoiseSource:
         return self._draw(2, tick, m)
 
 
+@dataclass
+class Window:
+    """Chunks held by a sampler or a stage: latents by chunk id, and each noisy chunk's solver history, the clean
+    estimates of its last steps, newest first, made at the levels above its current one (multistep solvers only)."""
+
+    chunks: dict[int, torch.Tensor] = field(default_factory=dict)  # chunk id -> [Ch, C, h, w]
+    history: dict[int, torch.Tensor] = field(default_factory=dict)  # chunk id -> [j, Ch, C, h, w]
+
+    def only(self, keep: Collection[int]) -> Window:
+        """The chunks in `keep`, with their history (new dicts, the same tensors)."""
+        return Window({m: x for m, x in self.chunks.items() if m in keep},
+                      {m: x for m, x in self.history.items() if m in keep})
+
+    def copy(self) -> Window:
+        """New dicts, the same tensors."""
+        return Window(dict(self.chunks), dict(self.history))
+
+    def update(self, other: Window) -> None:
+        """Replace the chunks `other` holds, history included (a chunk without history there loses its own)."""
+        for m in other.chunks:
+            self.history.pop(m, None)
+        self.chunks |= other.chunks
+        self.history |= other.history
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in [*self.chunks.values(), *self.history.values()])
+
+    @classmethod
+    def joined(cls, parts: Iterable[Window]) -> Window:
+        """One window from disjoint parts (the stages' shares)."""
+        whole = cls()
+        for part in parts:
+            whole.update(part)
+        return whole
+
+
 @dataclass(frozen=True)
 class LevelGrid:
-    """How calls move chunks down the levels: the grid's sigmas and the share of fresh noise in each step."""
+    """How calls move chunks down the levels: the grid's sigmas, the solver, and the eta of the posterior step."""
 
     sigmas: torch.Tensor  # [S+1] float64
-    stochasticity: float = 0.0  # eta: 0 = the deterministic Euler step
+    solver: str = "euler"
+    stochasticity: float = 0.0  # eta: 0 = the deterministic step
 
     @classmethod
     def of(cls, geometry: Geometry) -> LevelGrid:
-        return cls(level_sigmas(geometry.steps, geometry.shift), geometry.stochasticity)
+        return cls(level_sigmas(geometry.steps, geometry.shift), geometry.solver, geometry.stochasticity)
+
+    def step(self, x: torch.Tensor, v: torch.Tensor, sigma: float, own: OwnStep
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One chunk's step to own.sigma_to: (the chunk there, its history after the step: its clean estimates,
+        newest first, as many as the solver combines less one; None for Euler and once the chunk is clean).
+        Euler without fresh noise is today's flow_step, bit for bit."""
+        order = SOLVER_ORDER[self.solver]
+        if order == 1 and own.fresh is None:
+            return flow_step(x, v, sigma, own.sigma_to), None
+        x0 = clean_estimate(x, v, sigma)  # [Ch, C, h, w]
+        previous = list(zip(own.history, own.history_sigmas, strict=True)) if own.history is not None else []
+        estimate = multistep_estimate(x0, sigma, own.sigma_to, previous, self.stochasticity)
+        x_next = posterior_step(x, estimate, sigma, own.sigma_to, self.stochasticity, own.fresh)
+        if order == 1 or own.sigma_to == 0:
+            return x_next, None
+        kept = x0[None] if own.history is None else torch.cat([x0[None], own.history])  # [j, Ch, C, h, w]
+        return x_next, kept[: order - 1]
 
 
-def flow_step(
-    x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: float,
-    fresh: torch.Tensor | None = None, stochasticity: float = 0.0,
-) -> torch.Tensor:
-    """One step of the rectified flow x = (1 - sigma) x0 + sigma eps along the velocity v ~ eps - x0.
+@dataclass(frozen=True)
+class OwnStep:
+    """A chunk a band's call updates: its slot in the slice, its target sigma, the fresh noise of its step (or
+    None), and its history (or None: its first step, or Euler) with the sigmas of the levels it was made at."""
 
-    Without fresh noise the Euler step x + (sigma' - sigma) v. With it, the step lands on the clean estimate
-    x0 = x - sigma v re-noised to sigma' with sqrt(1 - eta^2) of the noise estimate eps = x + (1 - sigma) v
-    and eta of the fresh noise (DDIM's stochastic family: the noise keeps unit variance)."""
-    if fresh is None:
-        return x + (sigma_to - sigma_from) * v
-    x0 = x - sigma_from * v
-    eps = x + (1 - sigma_from) * v
-    return (1 - sigma_to) * x0 + sigma_to * (math.sqrt(1 - stochasticity**2) * eps + stochasticity * fresh)
+    slot: int
+    sigma_to: float
+    fresh: torch.Tensor | None
+    history: torch.Tensor | None  # [j, Ch, C, h, w], newest first
+    history_sigmas: tuple[float, ...] = ()  # sigma of the chunk's levels l + 1, l + 2, ...
 
 
 def band_inputs(
-    tick: Tick, view: BandView, chunks: Mapping[int, torch.Tensor], noise: NoiseSource, grid: LevelGrid
-) -> tuple[list[torch.Tensor], list[float], list[tuple[int, float, torch.Tensor | None]]]:
-    """What one band's call reads: the slice's chunk tensors and sigmas (oldest first), and for every chunk
-    it updates, (slot in the slice, target sigma, the fresh noise of its step or None). Context at a level
-    > 0 is re-noised with fresh noise; a step draws fresh noise if the grid is stochastic and it ends above 0."""
+    tick: Tick, view: BandView, window: Window, noise: NoiseSource, grid: LevelGrid
+) -> tuple[list[torch.Tensor], list[float], list[OwnStep]]:
+    """What one band's call reads: the slice's chunk tensors and sigmas (oldest first), and a step for every chunk
+    it updates. Context at a level > 0 is re-noised with fresh noise; a step draws fresh noise if the grid is
+    stochastic and it ends above 0."""
     entries = [(c.chunk, c.level, True) for c in tick.context] + [(u.chunk, u.level_before, False) for u in tick.noisy]
     tensors, levels = [], []
     for chunk, level, is_context in entries[view.start : view.stop]:
         sig = float(grid.sigmas[level])
-        x = chunks[chunk]
+        x = window.chunks[chunk]
         if is_context and level:
             x = (1 - sig) * x + sig * noise.renoise(tick.index, chunk)
         tensors.append(x)
@@ -92,9 +143,11 @@ def band_inputs(
     own = []
     for i in view.own:
         update = tick.noisy[i - n_context]
-        to = float(grid.sigmas[update.level_after])
         fresh = noise.step(tick.index, update.chunk) if grid.stochasticity and update.level_after else None
-        own.append((i - view.start, to, fresh))
+        history = window.history.get(update.chunk)
+        above = update.level_before + 1
+        sigmas = () if history is None else tuple(grid.sigmas[above : above + len(history)].tolist())
+        own.append(OwnStep(i - view.start, float(grid.sigmas[update.level_after]), fresh, history, sigmas))
     return tensors, levels, own
 
 
@@ -104,18 +157,18 @@ class BandCall:
 
     chunks: list[torch.Tensor]  # each [Ch, C, h, w]
     sigmas: list[float]
-    own: list[tuple[int, float, torch.Tensor | None]]  # (slot in the slice, target sigma, fresh noise)
+    own: list[OwnStep]
     cond: Any
-    stochasticity: float = 0.0
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.chunks), *self.chunks[0].shape)
 
 
-def denoise_batch(velocity: VelocityFn, calls: list[BandCall], join_conds: Callable[[list], Any]) -> list[list]:
-    """One model call over several band slices of one shape (streams batched along B); Euler-updates only
-    each slice's own chunks. Returns, per call, its updated chunks in the order of `own`."""
+def denoise_batch(velocity: VelocityFn, grid: LevelGrid, calls: list[BandCall], join_conds: Callable[[list], Any]
+                  ) -> list[list[tuple[torch.Tensor, Any]]]:
+    """One model call over several band slices of one shape (streams batched along B); steps only each slice's own
+    chunks. Returns, per call, (updated chunk, its new history or None) in the order of `own`."""
     frames = calls[0].chunks[0].shape[1]
     x = torch.stack([torch.cat(call.chunks, dim=1) for call in calls])  # [B, Ch, F, h, w]
     sig = torch.tensor([call.sigmas for call in calls], dtype=torch.float32).repeat_interleave(frames, dim=1)  # [B, F]
@@ -123,30 +176,32 @@ def denoise_batch(velocity: VelocityFn, calls: list[BandCall], join_conds: Calla
     updated = []
     for call, v_call in zip(calls, v, strict=True):
         slots = v_call.split(frames, dim=1)  # F/C x [Ch, C, h, w]
-        updated.append([flow_step(call.chunks[slot], slots[slot], call.sigmas[slot], to, fresh, call.stochasticity)
-                        for slot, to, fresh in call.own])
+        updated.append([grid.step(call.chunks[own.slot], slots[own.slot], call.sigmas[own.slot], own)
+                        for own in call.own])
     return updated
 
 
 def denoise_views(
     velocity: VelocityFn, join_conds: Callable[[list], Any], grid: LevelGrid,
-    bands: list[tuple[Tick, BandView, Mapping[int, torch.Tensor], NoiseSource, Any]],
-) -> list[dict[int, torch.Tensor]]:
-    """Every band's call of one tick, one per (tick, view, chunks, noise, cond) entry; bands whose slices
-    have the same shape share one batched model call. Returns each band's own chunks after the step."""
-    calls = [BandCall(*band_inputs(tick, view, chunks, noise, grid), cond, grid.stochasticity)
-             for tick, view, chunks, noise, cond in bands]
+    bands: list[tuple[Tick, BandView, Window, NoiseSource, Any]],
+) -> list[Window]:
+    """Every band's call of one tick, one per (tick, view, window, noise, cond) entry; bands whose slices have the
+    same shape share one batched model call. Returns each band's own chunks after the step, with their history."""
+    calls = [BandCall(*band_inputs(tick, view, window, noise, grid), cond) for tick, view, window, noise, cond in bands]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, call in enumerate(calls):
         groups.setdefault(call.shape, []).append(i)
     updated: list[list] = [[] for _ in calls]
     for members in groups.values():
-        for i, chunks in zip(members, denoise_batch(velocity, [calls[i] for i in members], join_conds), strict=True):
-            updated[i] = chunks
+        for i, steps in zip(members, denoise_batch(velocity, grid, [calls[i] for i in members], join_conds),
+                            strict=True):
+            updated[i] = steps
     results = []
-    for (tick, view, *_), chunks in zip(bands, updated, strict=True):
+    for (tick, view, *_), steps in zip(bands, updated, strict=True):
         n_context = len(tick.context)
-        results.append({tick.noisy[i - n_context].chunk: x for i, x in zip(view.own, chunks, strict=True)})
+        ids = [tick.noisy[i - n_context].chunk for i in view.own]
+        results.append(Window({m: x for m, (x, _) in zip(ids, steps, strict=True)},
+                              {m: x0 for m, (_, x0) in zip(ids, steps, strict=True) if x0 is not None}))
     return results
 
 
@@ -164,8 +219,8 @@ def sample(
     cond_at: Callable[[int], Any],
     init_context: list[torch.Tensor] = (),
     partition: Partition | None = None,
-    resume: tuple[int, dict[int, torch.Tensor], int] | None = None,
-    on_boundary: Callable[[Tick, dict[int, torch.Tensor]], None] | None = None,
+    resume: tuple[int, Window, int] | None = None,
+    on_boundary: Callable[[Tick, Window], None] | None = None,
     on_tick: Callable[[Tick], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (chunk index, clean latents [Ch, C, H, W]) in order; memory holds only the window.
@@ -173,28 +228,28 @@ def sample(
     init_context: clean chunks of an initial clip, oldest first; the last K become the context.
     With partition P > 1, every band calls the model on its own chunks plus its halo, all reading the
     window as it was at the start of the tick, and only its own chunks are updated.
-    resume: (next tick, window chunks, number of initial clip chunks) from a checkpoint.
+    resume: (next tick, window, number of initial clip chunks) from a checkpoint.
     on_boundary(tick, window) is called after every last tick of a shift, once its finished chunks
     have been yielded; on_tick(tick) at the end of every tick, after on_boundary.
     """
     partition = partition or Partition()
     grid = LevelGrid.of(geometry)
     init = list(init_context)
-    start, window, init_count = resume if resume else (0, {i - len(init): x for i, x in enumerate(init)}, len(init))
+    start, window, init_count = resume if resume else (0, Window({i - len(init): x for i, x in enumerate(init)}),
+                                                        len(init))
     for tick in ticks(geometry, num_chunks, init_count):
         if tick.index < start:
             continue
         for m in tick.entering:
-            window[m] = noise.chunk(m)
+            window.chunks[m] = noise.chunk(m)
         cond = cond_at(tick.cond_chunk)
-        updated = {}
+        updated = Window()
         for view in band_views(tick, partition, geometry.noisy):  # every band reads the window as it was
-            updated |= denoise_views(velocity, single_cond, grid, [(tick, view, window, noise, cond)])[0]
+            updated.update(denoise_views(velocity, single_cond, grid, [(tick, view, window, noise, cond)])[0])
         window.update(updated)
         for m in tick.finished:
-            yield m, window[m]
-        live = tick.live_after(geometry.context)
-        window = {m: x for m, x in window.items() if m in live}  # constant memory in video length
+            yield m, window.chunks[m]
+        window = window.only(tick.live_after(geometry.context))  # constant memory in video length
         if tick.boundary and on_boundary is not None:
             on_boundary(tick, window)
         if on_tick is not None:

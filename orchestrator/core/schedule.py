@@ -22,7 +22,8 @@ class Geometry:
     context: int  # K: finished context chunks at the window front
     shift: float  # r: time shift of the level grid
     context_level: int = 0  # level the context is shown at (re-noised every call); 0 = clean
-    stochasticity: float = 0.0  # eta: share of fresh noise in every step; 0 = the Euler step
+    stochasticity: float = 0.0  # eta of the posterior step; 0 = the deterministic step
+    solver: str = "euler"  # ScheduleConfig.solver: euler, dpmpp_2m or dpmpp_3m
 
     @property
     def substeps(self) -> int:
@@ -34,7 +35,7 @@ class Geometry:
         """fifo is progressive with one-frame chunks and one step per shift: C = 1, N = S."""
         chunk, noisy = (1, cfg.steps) if cfg.kind == "fifo" else (cfg.chunk, cfg.noisy_chunks)
         return cls(cfg.kind, chunk, noisy, cfg.steps, cfg.context_chunks, cfg.shift, cfg.context_level,
-                   cfg.stochasticity)
+                   cfg.stochasticity, cfg.solver)
 
 
 def sigma_of(u: torch.Tensor | float, shift: float) -> torch.Tensor | float:

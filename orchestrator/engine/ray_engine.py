@@ -96,7 +96,7 @@ class Engine:
                 schedule = itertools.chain([tick], schedule)
                 break
             planner.plan(tick, "")
-        shares = [{m: x for m, x in start.window.items() if planner.holder[m] == j}
+        shares = [start.window.only([m for m in start.window.chunks if planner.holder[m] == j])
                   for j in range(len(self.pipeline.stages))]
         start_refs = [stage.start.remote(job.id, config.seed, g, share)
                       for stage, share in zip(self.pipeline.stages, shares, strict=True)]

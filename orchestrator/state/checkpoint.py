@@ -29,8 +29,8 @@ class Checkpoint:
     """Everything needed to continue a video at a shift boundary.
 
     tensors: named tensors, e.g. 'chunk/12' for chunk 12 (clean context or noisy, its level follows from
-    next_tick) and 'decoder/3' for the sink's decoder cache; meta: JSON-able facts (next tick, frames
-    written, seed, prompts, resolved config and its hash).
+    next_tick), 'history/12' for its solver history (multistep solvers) and 'decoder/3' for the sink's decoder
+    cache; meta: JSON-able facts (next tick, frames written, seed, prompts, resolved config and its hash).
     """
 
     next_tick: int

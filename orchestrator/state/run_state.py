@@ -10,6 +10,7 @@ import torch
 
 from orchestrator.core.config import CheckpointConfig, Config, identity_hash, to_yaml, video_identity
 from orchestrator.core.errors import UserError
+from orchestrator.core.sampler import Window
 from orchestrator.state.checkpoint import Checkpoint, CheckpointStore
 
 
@@ -34,14 +35,15 @@ class StartState:
     """The window and output position a run (re)starts from."""
 
     next_tick: int = 0
-    window: dict[int, torch.Tensor] = field(default_factory=dict)  # chunk id -> [Ch, C, h, w]
+    window: Window = field(default_factory=Window)  # chunks and their solver history
     init_count: int = 0  # chunks of the initial clip (ids -init_count..-1)
     sink: SinkState = field(default_factory=SinkState)
     resumed: bool = False
 
 
 def fresh_start(init_chunks: list[torch.Tensor]) -> StartState:
-    return StartState(0, {i - len(init_chunks): x for i, x in enumerate(init_chunks)}, len(init_chunks))
+    """The chunks of an initial clip (ids -len..-1; clean context, no history), or nothing."""
+    return StartState(0, Window({i - len(init_chunks): x for i, x in enumerate(init_chunks)}), len(init_chunks))
 
 
 def checkpoint_meta(config: Config, init_count: int) -> dict:
@@ -52,15 +54,16 @@ def checkpoint_meta(config: Config, init_count: int) -> dict:
     }
 
 
-def make_checkpoint(next_tick: int, window: dict[int, torch.Tensor], sink: SinkState, meta: dict) -> Checkpoint:
-    tensors = {f"chunk/{m}": x for m, x in window.items()}
+def make_checkpoint(next_tick: int, window: Window, sink: SinkState, meta: dict) -> Checkpoint:
+    """The window's chunks as 'chunk/m', their solver history as 'history/m' and the sink's decoder cache."""
+    tensors = {f"chunk/{m}": x for m, x in window.chunks.items()}
+    tensors |= {f"history/{m}": x for m, x in window.history.items()}
     tensors |= {f"decoder/{name}": x for name, x in sink.decoder.items()}
     meta = {**meta, "latent_frames": sink.latent_frames, "next_chunk": sink.next_chunk}
     return Checkpoint(next_tick, sink.frames, meta, tensors)
 
 
-def write_checkpoint(video: DurableOutput, store: CheckpointStore, next_tick: int, window: dict[int, torch.Tensor],
-                     meta: dict) -> int:
+def write_checkpoint(video: DurableOutput, store: CheckpointStore, next_tick: int, window: Window, meta: dict) -> int:
     """Close the sink's open segments, then write the window and the sink's state as one checkpoint;
     returns the frames it covers."""
     state = video.checkpoint()
@@ -77,11 +80,13 @@ def start_from(checkpoint: Checkpoint, config: Config) -> StartState:
     if checkpoint.meta.get("config_hash") != identity_hash(config):
         keys = differing_keys(checkpoint.meta.get("identity", {}), video_identity(config))
         raise UserError(f"checkpoint was made with different video settings: {', '.join(keys) or 'unknown'}")
-    window, decoder = {}, {}
+    window, decoder = Window(), {}
     for name, tensor in checkpoint.tensors.items():
         kind, _, rest = name.partition("/")
         if kind == "chunk":
-            window[int(rest)] = tensor
+            window.chunks[int(rest)] = tensor
+        elif kind == "history":
+            window.history[int(rest)] = tensor
         elif kind == "decoder":
             decoder[rest] = tensor
     sink = SinkState(checkpoint.frames_written, checkpoint.meta["latent_frames"], checkpoint.meta["next_chunk"],

@@ -1,0 +1,108 @@
+"""Steps for equal quality: the oracle's frame variance and lag errors against S for every solver and eta.
+
+    python -m benchmarks.solver_steps [--steps 6 12 18 24 30 36 48 60] [--shift 1.0] [--etas 0 0.5 1]
+
+prints, for every solver and eta, the frame variance and the lag-1..3 correlation errors at each S, and the
+smallest S at which the variance is within 2% of 1 and every lag within 0.005 of the truth (rho^k).
+
+The oracle (actors/backends/gaussian.py, white spectrum, rho = 0.9) is linear in its noise, and so is every step of
+every solver, so these are the exact expectations of the sample statistics of tests/test_gaussian_oracle.py, not
+estimates: every noise draw of a video (its chunks' noise and its steps' fresh noise) is a unit impulse on a channel
+of its own, so channel i of the generated video is its response to draw i, and the frames' covariance is the sum of
+the responses' products over the channels. Window: C = 2, N = 6, K = 1, one stage; the statistics are averaged over
+the frames of a steady window (the first and last `skip` chunks, filling and draining, left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import get_args
+
+import torch
+
+from actors.backends.gaussian import GaussianProcessBackend
+from orchestrator.core.config import ModelConfig, ScheduleConfig, Solver
+from orchestrator.core.sampler import sample
+from orchestrator.core.schedule import Geometry, ticks
+
+RHO = 0.9
+VARIANCE_TOLERANCE, LAG_TOLERANCE = 0.02, 0.005
+
+
+class Impulses:
+    """A NoiseSource whose every draw is a unit impulse on channels of its own: [inputs, C, 1, 1] tensors."""
+
+    def __init__(self, geometry: Geometry, num_chunks: int):
+        noisy_steps = sum(1 for t in ticks(geometry, num_chunks) for u in t.noisy if u.level_after)
+        draws = num_chunks + (noisy_steps if geometry.stochasticity else 0)
+        self.chunk_shape = (draws * geometry.chunk, geometry.chunk, 1, 1)
+        self.drawn = 0
+
+    def _draw(self) -> torch.Tensor:
+        frames = self.chunk_shape[1]
+        x = torch.zeros(self.chunk_shape)  # [inputs, C, 1, 1]
+        x[self.drawn + torch.arange(frames), torch.arange(frames)] = 1
+        self.drawn += frames
+        return x
+
+    def chunk(self, m: int) -> torch.Tensor:
+        return self._draw()
+
+    def step(self, tick: int, m: int) -> torch.Tensor:
+        return self._draw()
+
+
+def oracle_statistics(steps: int, solver: str = "euler", eta: float = 0.0, shift: float = 1.0, chunks: int = 60,
+                      skip: int = 8) -> tuple[float, list[float]]:
+    """Exact frame variance and lag-1..3 correlations of a video of `chunks` chunks, over its steady frames."""
+    backend = GaussianProcessBackend(ModelConfig(channels=1, height=1, width=1, rho=RHO))
+    geometry = Geometry.from_config(ScheduleConfig(chunk=2, noisy_chunks=6, steps=steps, context_chunks=1,
+                                                   shift=shift, stochasticity=eta, solver=solver))
+    noise = Impulses(geometry, chunks)
+    responses = torch.cat([x for _, x in sample(backend.velocity, geometry, chunks, noise, lambda m: None)], dim=1)
+    assert noise.drawn == noise.chunk_shape[0], "every draw is an input"
+    responses = responses[:, :, 0, 0].double()  # [inputs, F]
+    cov = responses.T @ responses  # [F, F]: the frames' exact covariance
+    steady = range(skip * geometry.chunk, cov.shape[0] - skip * geometry.chunk)
+    var = cov.diagonal()[steady.start : steady.stop].mean().item()
+    lags = [cov.diagonal(k)[steady.start : steady.stop].mean().item() / var for k in (1, 2, 3)]
+    return var, lags
+
+
+def errors(var: float, lags: list[float]) -> tuple[float, list[float]]:
+    """(variance - 1, lag_k - rho^k for k = 1..3)."""
+    return var - 1, [lag - RHO**k for k, lag in enumerate(lags, start=1)]
+
+
+def within(var: float, lags: list[float]) -> bool:
+    var_error, lag_errors = errors(var, lags)
+    return abs(var_error) <= VARIANCE_TOLERANCE and all(abs(e) <= LAG_TOLERANCE for e in lag_errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, nargs="+", default=[6, 12, 18, 24, 30, 36, 48, 60],
+                        help="values of S, multiples of N = 6")
+    parser.add_argument("--shift", type=float, default=1.0, help="time shift of the level grid (default 1)")
+    parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="schedule.stochasticity")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"oracle rho={RHO}, C=2, N=6, K=1, shift={args.shift:g}: variance - 1 | lag-1, -2, -3 errors "
+          f"(* = within {VARIANCE_TOLERANCE:.0%} and {LAG_TOLERANCE})\n")
+    print("| solver | eta | " + " | ".join(f"S={s}" for s in args.steps) + " | smallest S |")
+    print("|---|---|" + "---|" * len(args.steps) + "---|")
+    for solver in get_args(Solver):
+        for eta in args.etas:
+            cells, smallest = [], None
+            for steps in args.steps:
+                var, lags = oracle_statistics(steps, solver, eta, args.shift)
+                var_error, lag_errors = errors(var, lags)
+                ok = within(var, lags)
+                smallest = smallest or (steps if ok else None)
+                cells.append(f"{var_error:+.3f} \\| " + " ".join(f"{e:+.4f}" for e in lag_errors) + ("*" if ok else ""))
+            print(f"| {solver} | {eta:g} | " + " | ".join(cells) + f" | {smallest or '>' + str(args.steps[-1])} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,9 +19,10 @@ from orchestrator.state.run_state import SinkState
 
 
 def write_outputs(config: Config, workdir: Path, video_segments: list[Path], latent_segments: list[Path]) -> Path:
-    """Join a finished video's segments into the requested outputs (temporary names, renamed on success), save
-    the resolved config beside them, and remove the segments. If that fails the segments stay, and the error
-    says how to finish the run elsewhere."""
+    """Join a finished video's segments into the requested outputs (temporary names, renamed on success) and save
+    the resolved config beside them. The segments stay until the run is recorded completed (RunFolder.set_status),
+    so that a process killed in between leaves a run that resume finishes; if writing fails, the error says how
+    to finish the run elsewhere."""
     out = Path(config.output.out)
     files = AtomicFiles()
     try:
@@ -38,8 +39,6 @@ def write_outputs(config: Config, workdir: Path, video_segments: list[Path], lat
     except BaseException:
         files.abort()
         raise
-    for path in video_segments + latent_segments:
-        path.unlink(missing_ok=True)
     return out
 
 

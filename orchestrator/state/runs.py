@@ -116,7 +116,8 @@ class RunFolder:
             return None
 
     def set_status(self, state: str, frames_written: int | None, frames_total: int, out: str, error: str = "") -> None:
-        """Record the run's state; frames_written None counts the frames kept in closed segments."""
+        """Record the run's state; frames_written None counts the frames kept in closed segments. Recording it
+        completed (its outputs in place) removes its segments: until then a resume finishes from them."""
         previous = self.status()
         now = time.time()
         if frames_written is None:
@@ -124,6 +125,9 @@ class RunFolder:
         status = RunStatus(self.run_id, state, frames_written, frames_total, out, os.getpid(),
                            previous.started if previous else now, now, error)
         write_text_atomic(self.status_file, json.dumps(asdict(status), indent=1))
+        if state == "completed":
+            for path in self.segments.glob("*"):
+                path.unlink(missing_ok=True)
 
 
     def discard_if_unused(self, store: CheckpointStore) -> bool:

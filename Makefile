@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The one stage gets two torch threads: the guided model's minute takes about 90 s on 2 cores, 130 s on one thread.
+# One stage, in the pavdm process, on every core (the default; docs/design.md §2).
 # The prompt is the default one (configs/default.yaml): a lone magenta square, which tests/test_tiny_model.py
 # checks is drawn as its shape; the model does not yet bind two outlines to their objects (EVALUATION.md).
 demo: $(STAMP)
-	$(BIN)/pavdm generate --model tiny --seconds 60 --seed 0 --out demo.mp4 pipeline.threads=2
+	$(BIN)/pavdm generate --model tiny --seconds 60 --seed 0 --out demo.mp4
 
 test: $(STAMP) prometheus
 	$(BIN)/ruff check .

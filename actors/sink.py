@@ -1,11 +1,10 @@
-"""The sink actor: receives clean chunks in order, decodes and writes them, and serves frames to subscribers."""
+"""The sink: receives clean chunks in order, decodes and writes them, and serves frames to subscribers."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
 
-import ray
 import torch
 
 from actors.backends.factory import build_codec
@@ -17,10 +16,11 @@ from orchestrator.state.checkpoint import CheckpointStore
 from orchestrator.state.run_state import SinkState, write_checkpoint
 
 
-@ray.remote(concurrency_groups={"subscribers": 8})
 class Sink:
-    """One VideoSink per stream. Writes run in submission order (default group, one at a time); subscribers
-    poll concurrently."""
+    """One VideoSink per stream. Plain class: the Ray executor makes it an actor whose writes run in submission
+    order while subscribers poll concurrently (SUBSCRIBERS), the in-process executor calls it directly."""
+
+    SUBSCRIBERS = "subscribers"  # the Ray concurrency group of frames_since
 
     KEEP_FINISHED = 16  # finished streams whose recent frames subscribers may still read
 
@@ -53,9 +53,12 @@ class Sink:
             video = self.videos[stream]
             for m, latents in sorted((pair for batch in emitted for pair in batch.get(stream, ())),
                                      key=lambda pair: pair[0]):
-                video.write(m, latents)
+                self.write_chunk(stream, video, m, latents)
             written[stream] = video.frames_written
         return written
+
+    def write_chunk(self, stream: str, video: VideoSink, m: int, latents: torch.Tensor) -> None:
+        video.write(m, latents)
 
     def finish(self, stream: str) -> str:
         video = self.videos.pop(stream)
@@ -74,7 +77,6 @@ class Sink:
             video.abort()
             self._retire(stream, video)
 
-    @ray.method(concurrency_group="subscribers")
     def frames_since(self, stream: str, index: int, timeout: float = 1.0):
         """Frames of a stream with index >= `index` as (index, uint8 [H, W, 3]) pairs, and whether the video
         is done (finished or aborted). A stream the sink does not know (not started yet, or long gone) gives

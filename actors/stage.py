@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.backends.base import PromptEncodings
+from actors.backends.base import Backend, PromptEncodings
 from actors.backends.factory import build_backend
 from orchestrator.core.config import ModelConfig
 from orchestrator.core.errors import UserError
@@ -40,17 +40,21 @@ Published = dict[str, Window]  # stream -> the chunks (and solver history) neigh
 
 
 class Stage:
-    """Plain class; the controller wraps it with ray.remote. Chunks are [Ch, C, h, w] float32 tensors.
+    """Plain class: the Ray executor makes it an actor, the in-process executor calls it directly. Chunks are
+    [Ch, C, h, w] float32 tensors.
 
     A stage carries several streams at once; every tick, the calls of all its streams whose band slices have
     the same shape are one batched model call."""
 
-    def __init__(self, index: int, model: ModelConfig, threads: int):
+    def __init__(self, index: int, model: ModelConfig, threads: int, backend: Backend | None = None):
+        """threads: torch threads of this process (0 leaves them as they are); backend: a model already loaded
+        (in process), else one is built from `model`."""
         self.index = index
-        torch.set_num_threads(threads)
+        if threads:
+            torch.set_num_threads(threads)
         self.error = ""
         try:
-            self.backend = build_backend(model)
+            self.backend = backend or build_backend(model)
         except (UserError, OSError, ValueError) as err:
             self.error = str(err)
             return

@@ -23,7 +23,7 @@ from orchestrator.core.config import Config
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import Checkpointer
-from orchestrator.engine.ray_pipeline import run_jobs
+from orchestrator.engine.runner import run_jobs
 from orchestrator.entry.generate import generate
 from orchestrator.state.outputs import enlarge, read_latents
 from orchestrator.state.runs import RunFolder
@@ -36,9 +36,9 @@ KILLS = IN_DRIVER + IN_CHILD
 FPS = 8
 TOLERANCE = 1  # grey frames in lossless H.264 (crf 0): only the RGB <-> YUV rounding is left
 OVERRIDES = [
-    f"fps={FPS}", "pipeline.num_cpus=0.5", "pipeline.max_streams=2", "metrics.port=0", "model.height=16",
-    "model.width=16", "model.channels=1", "schedule.noisy_chunks=2", "schedule.steps=2", "output.crf=0",
-    "recovery.backoff_seconds=0.1", "recovery.max_restarts=2",
+    f"fps={FPS}", "pipeline.executor=ray", "pipeline.num_cpus=0.5", "pipeline.max_streams=2", "metrics.port=0",
+    "model.height=16", "model.width=16", "model.channels=1", "schedule.noisy_chunks=2", "schedule.steps=2",
+    "output.crf=0", "recovery.backoff_seconds=0.1", "recovery.max_restarts=2",
 ]
 
 
@@ -114,7 +114,7 @@ def run_case(case: Case, folder: Path, address: str) -> Outcome:
     kills = (in_driver if case.kill in IN_DRIVER else in_child)(case, folder, address)
     frames = 0
     for stream in range(len(case.frames)):
-        uninterrupted = stream_config(case, stream, folder / "uninterrupted", "pipeline.stages=0")
+        uninterrupted = stream_config(case, stream, folder / "uninterrupted", "pipeline.executor=process")
         (folder / "uninterrupted").mkdir(exist_ok=True)
         generate(uninterrupted, progress=False)
         made = stream_config(case, stream, folder)
@@ -165,7 +165,7 @@ def in_driver(case: Case, folder: Path, address: str) -> int:
     killer = DriverKiller(case.kill, max(1, int(case.at * case.frames[0])), case.at * 0.02)
     jobs[0].on_frames = killer.on_frames
     with mock.patch.object(Checkpointer, "timed", killer.timed(Checkpointer.timed)):
-        run_jobs(configs[0], JobQueue(jobs, closed=True), PipelineMetrics("chaos", 1), on_pipeline=killer.on_pipeline)
+        run_jobs(configs[0], JobQueue(jobs, closed=True), PipelineMetrics("chaos", 1), on_executor=killer.on_pipeline)
     for job in jobs:
         assert job.error is None, job.error
     return killer.kills

@@ -1,4 +1,4 @@
-"""Ray pipeline benchmarks: overhead vs the reference sampler, 2-stage scaling, per-tick overhead, flat memory.
+"""Ray pipeline benchmarks: overhead vs the in-process executor, 2-stage scaling, per-tick overhead, flat memory.
 
     python -m benchmarks.pipeline overhead [--seconds 20] [--repeats 3] [--threads 1]
     python -m benchmarks.pipeline scaling  [--seconds 20] [--repeats 3] [--halo 1]
@@ -16,18 +16,17 @@ from pathlib import Path
 
 import psutil
 import ray
-import torch
 
 from actors.backends.factory import build_backend, frame_count
 from benchmarks import timing_parser
 from benchmarks.bench_model import bench_config, temp_bench_model
 from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
 from orchestrator.core.schedule import total_ticks
-from orchestrator.engine.local import run_local
+from orchestrator.engine.local import InProcessExecutor
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.plan import Checkpointer, plan_video
-from orchestrator.engine.ray_pipeline import Pipeline, run_video
-from orchestrator.state.run_state import StartState
+from orchestrator.engine.plan import plan_video
+from orchestrator.engine.ray_pipeline import Pipeline
+from orchestrator.engine.runner import run_video
 from orchestrator.state.runs import RunFolder
 
 
@@ -39,14 +38,11 @@ def with_topology(config: Config, stages: int, halo, threads: int, num_cpus: flo
 
 
 def time_reference(config: Config, backend) -> float:
-    """Seconds of one in-process run (model already loaded), MP4 writing included."""
-    torch.set_num_threads(config.pipeline.threads)
+    """Seconds of one run with the in-process executor (model already loaded), MP4 writing included."""
     config.run.id, config.run.root = "", tempfile.mkdtemp(prefix="pavdm-bench-runs-")
-    run = RunFolder.create(config)
-    plan = plan_video(config, frame_count(config.model))
-    checkpointer = Checkpointer(run, config, plan, 0)
+    executor = InProcessExecutor(config, lambda model: backend)
     start = time.perf_counter()
-    run_local(config, plan, backend, StartState(), checkpointer, lambda n: None)
+    run_video(executor, config, RunFolder.create(config), PipelineMetrics("bench", 1))
     return time.perf_counter() - start
 
 
@@ -95,7 +91,7 @@ def overhead(args) -> None:
     folder = temp_bench_model()
     reference = with_topology(bench_config(folder, args.seconds), 0, "all", args.threads, 0.5)
     ray_p1 = with_topology(bench_config(folder, args.seconds), 1, "all", args.threads, 0.5)
-    compare(args, f"reference sampler ({args.threads} thr)", reference, f"ray P=1 ({args.threads} thr)", ray_p1)
+    compare(args, f"in process ({args.threads} thr)", reference, f"ray P=1 ({args.threads} thr)", ray_p1)
 
 
 def scaling(args) -> None:

@@ -18,9 +18,9 @@ import ray
 
 from benchmarks import timing_parser
 from orchestrator.core.config import Config
+from orchestrator.engine.engine import Engine
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.ray_engine import Engine
 from orchestrator.engine.ray_pipeline import Pipeline
 from orchestrator.state.runs import RunFolder
 from orchestrator.state.settings import load_config

@@ -20,6 +20,7 @@ from orchestrator.core.errors import Stopped
 from orchestrator.core.rules import seed_value
 from orchestrator.core.schedule import Tick, total_ticks
 from orchestrator.engine.plan import VideoPlan, plan_video
+from orchestrator.engine.runner import uses_ray
 from orchestrator.entry.generate import check_request, generation, resume
 from orchestrator.state.outputs import LatentsWriter, enlarge
 from orchestrator.state.settings import load_config
@@ -119,8 +120,9 @@ class ProgressivePipeline:
         oracle) or the folder of a SkyReels-V2 model in diffusers format. The weights load at the first call.
 
         torch_dtype: the transformer's compute dtype (torch.float32, torch.bfloat16 or torch.float16).
-        stages: 0 (the default here) makes videos in this process; P >= 1 on the Ray pipeline with P stage
-            actors, as `pavdm generate` does (docs/cluster.md).
+        stages: P, the bands of the window; one stage (the default) runs in this process, P >= 2 on Ray with P
+            stage actors, as `pavdm generate` does (pipeline={"executor": "ray"} puts one stage on Ray too;
+            docs/cluster.md).
         **config: any key of the config (docs/configuration.md), sections as dicts, e.g.
             schedule={"steps": 8, "noisy_chunks": 2}, model={"height": 16, "width": 16}, fps=12,
             checkpoint={"every_shifts": 5}, pipeline={"halo": 1}; seconds, fps and seed become the calls' defaults.
@@ -133,7 +135,7 @@ class ProgressivePipeline:
         """
         if isinstance(overrides, str):
             raise ValueError(f"overrides is a list of KEY=VALUE strings, got the string {overrides!r}")
-        mappings: list[Mapping[str, Any]] = [{"pipeline": {"stages": 0}}, config]
+        mappings: list[Mapping[str, Any]] = [config]
         if torch_dtype is not None:
             mappings.append({"model": {"dtype": dtype_name(torch_dtype)}})
         if stages is not None:
@@ -176,8 +178,8 @@ class ProgressivePipeline:
             "latent" (latents [Ch, F', h, w], as `--latents-out` writes them). Frames are as the CLI's MP4 shows
             them: enlarged output.scale times (8 for tiny; from_pretrained(..., output={"scale": 1}) keeps the
             model's size).
-        callback_on_step_end: callback(pipe, tick_index, info), called once per model call (tick) at its end, in
-            process only (stages=0). info holds "levels" (chunk, level before, level after) for every chunk in
+        callback_on_step_end: callback(pipe, tick_index, info), called once per model call (tick) at its end, with
+            the in-process executor only. info holds "levels" (chunk, level before, level after) for every chunk in
             the window, oldest first, context chunks (ids < 0 are chunks of the initial clip) keeping their level;
             "finished" (chunks clean after this call), "num_ticks" (of the whole video) and "tick" (the full
             orchestrator.core.schedule.Tick). Levels count down from schedule.steps (pure noise) to 0 (clean). It
@@ -230,7 +232,7 @@ class ProgressivePipeline:
         `pipe.resume(run_id, run_root=...)` or `pavdm resume RUN --root ...` finishes it to the same video as
         one that never stopped, from its newest checkpoint (checkpoint={"every_shifts": ...} in from_pretrained;
         on the Ray pipeline it is checkpointed where the loop stopped). A callback's {"stop": True} ends it too.
-        On the Ray pipeline (stages >= 1) a chunk is what its sink wrote in one tick, and "latent" is not offered.
+        On the Ray pipeline a chunk is what its sink wrote in one tick, and "latent" is not offered.
 
         Example:
             >>> for start, frames in pipe.stream("a red circle bouncing", seconds=3600, run_root="runs", run_id="hour"):
@@ -266,10 +268,11 @@ class ProgressivePipeline:
         """The call's config and plan, every argument checked before any work."""
         check_output_type(output_type)
         config = copy.deepcopy(self.config)
-        in_process = config.pipeline.stages == 0
+        in_process = not uses_ray(config.pipeline)
         if not in_process and (output_type == "latent" or callback is not None):
-            raise ValueError("output_type='latent' and callback_on_step_end need the in-process executor (stages=0); "
-                             f"this pipeline runs on the Ray pipeline (pipeline.stages={config.pipeline.stages})")
+            raise ValueError("output_type='latent' and callback_on_step_end need the in-process executor; "
+                             f"this pipeline runs on Ray (pipeline.stages={config.pipeline.stages}, "
+                             f"pipeline.executor={config.pipeline.executor})")
         if seed is not None and generator is not None:
             raise ValueError("give a seed or a generator, not both")
         if run_root is None and run_id is not None:
@@ -320,8 +323,9 @@ class ProgressivePipeline:
         """The request's video, chunk by chunk in its output type; closing it stops the run."""
         scale, output_type = request.config.output.scale, request.output_type
         with value_errors(), runs_root(request) as config:
-            if config.pipeline.stages == 0:
-                with contextlib.closing(generation(config, request.progress, request.on_tick, self._backend)) as steps:
+            if not uses_ray(config.pipeline):
+                with contextlib.closing(generation(config, request.progress, request.on_tick, self._backend,
+                                                   keep_chunks=True)) as steps:
                     for chunk in steps:
                         if output_type == "latent":
                             yield VideoChunk(chunk.chunk * request.plan.geometry.chunk, chunk.latents)

@@ -12,7 +12,7 @@ from orchestrator.core.config import Config
 from orchestrator.core.errors import RunFailed, UserError
 from orchestrator.engine.jobs import JobQueue
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.ray_errors import unwrap_get
+from orchestrator.engine.runner import finished, one_job, run_jobs
 from orchestrator.entry.generate import new_run
 
 AHEAD = 4  # batches of frames the pipeline may make ahead of a caller that reads slowly; then it waits
@@ -23,12 +23,10 @@ def ray_frames(config: Config, progress: bool) -> Generator[tuple[int, torch.Ten
     """A new run of `config` on the Ray pipeline, driven from a thread of this process; yields (index of the first
     frame, uint8 frames [f, H, W, 3] at model size) as the sink writes them, every frame once, in order. Closing
     the iterator suspends the run at its next shift boundary: checkpointed, 'interrupted' and resumable."""
-    from orchestrator.engine.ray_pipeline import finished, one_job, run_jobs
-
     run = new_run(config)
     batches: queue.Queue = queue.Queue(AHEAD)
     stop = threading.Event()
-    pipelines: list = []  # the pipeline built (again, after a failure) for the job
+    executors: list = []  # the executor built (again, after a failure) for the job
     failures: list[BaseException] = []
 
     def put(item: object) -> None:
@@ -49,7 +47,7 @@ def ray_frames(config: Config, progress: bool) -> Generator[tuple[int, torch.Ten
             count(written)
             if sent >= written or stop.is_set():
                 return  # nothing new (a rebuilt pipeline makes again what followed its checkpoint), or no reader
-            frames, _ = unwrap_get(pipelines[-1].sink.frames_since.remote(job.id, sent, 0.0))
+            frames, _ = executors[-1].recent_frames(job.id, sent, 0.0)
             if not frames or frames[0][0] != sent:
                 raise RunFailed(f"frames from {sent} on left the sink's buffer before they were read")
             put((sent, torch.stack([frame for _, frame in frames])))
@@ -58,7 +56,7 @@ def ray_frames(config: Config, progress: bool) -> Generator[tuple[int, torch.Ten
         def work() -> None:
             try:
                 run_jobs(config, jobs, PipelineMetrics(run.run_id, config.pipeline.stages), bar,
-                         on_pipeline=pipelines.append)
+                         on_executor=executors.append)
                 finished(job)
             except UserError as err:
                 run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources)

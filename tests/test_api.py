@@ -184,7 +184,7 @@ def temporary_runs() -> set[Path]:
     (lambda: gaussian()(PROMPT, output_type="mp4", run_root="runs"), "output_type"),
     (lambda: gaussian()(PROMPT, seed=-1, run_root="runs"), "seed"),
     (lambda: gaussian()([(5, PROMPT)], run_root="runs"), "first prompt must start at 0"),
-    (lambda: gaussian(stages=1)(PROMPT, output_type="latent", run_root="runs"), "in-process"),
+    (lambda: gaussian(pipeline={"executor": "ray"})(PROMPT, output_type="latent", run_root="runs"), "in-process"),
     (lambda: gaussian()(PROMPT, init_latents="no-such.arrow", run_root="runs"), "does not exist"),
     (lambda: gaussian()(PROMPT, run_id="x"), "run_root"),
 ])
@@ -220,13 +220,14 @@ def test_to_sets_the_device_and_help_shows_examples():
 def test_on_the_ray_pipeline_a_call_and_a_broken_stream_make_the_in_process_video(tmp_path):
     whole = gaussian(schedule={"steps": 2})(PROMPT, seconds=10, progress=False).frames
     latents = tmp_path / "latents.arrow"
-    pipe = gaussian(stages=1, schedule={"steps": 2}, metrics={"port": 0}, output={"latents_out": str(latents)})
+    pipe = gaussian(pipeline={"executor": "ray"}, schedule={"steps": 2}, metrics={"port": 0},
+                    output={"latents_out": str(latents)})
     assert np.array_equal(pipe(PROMPT, seconds=10, progress=False).frames, whole)
     for start, _ in pipe.stream(PROMPT, seconds=10, run_root=tmp_path / "runs", run_id="ray", progress=False):
         if start >= 40:
             break  # the run is checkpointed at its next shift boundary and left resumable
     status = json.loads((tmp_path / "runs" / "ray" / "status.json").read_text())
     assert status["state"] == "interrupted" and status["frames_written"] >= 40
-    assert main(["resume", "ray", "--root", str(tmp_path / "runs"), "--quiet", "pipeline.stages=0"]) == 0
+    assert main(["resume", "ray", "--root", str(tmp_path / "runs"), "--quiet", "pipeline.executor=process"]) == 0
     in_process = gaussian(schedule={"steps": 2})(PROMPT, seconds=10, output_type="latent", progress=False).frames
     assert torch.equal(read_latents(latents), in_process)

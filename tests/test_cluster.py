@@ -18,7 +18,7 @@ from conftest import probe_mp4
 from benchmarks.serve_process import free_port
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.ray_pipeline import run_jobs
+from orchestrator.engine.runner import run_jobs
 from orchestrator.state.outputs import read_latents
 from orchestrator.state.runs import RunFolder
 from orchestrator.state.settings import load_config
@@ -117,7 +117,7 @@ def drive(name: str, temp: Path, lose_second_at: int | None, results) -> None:
             lost[0].send_signal(signal.SIGKILL)
 
     job.on_frames = lose_the_second_node
-    restarts = run_jobs(config, JobQueue([job], closed=True), PipelineMetrics(name, 2), on_pipeline=record)
+    restarts = run_jobs(config, JobQueue([job], closed=True), PipelineMetrics(name, 2), on_executor=record)
     results.put((restarts, placements, tuple(nodes), None if job.error is None else repr(job.error)))
 
 

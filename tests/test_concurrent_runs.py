@@ -12,9 +12,9 @@ from benchmarks.cli_process import cli
 from orchestrator.state.outputs import read_latents
 
 SEEDS = (4, 5, 6)
-ARGS = ["--model", "gaussian", "--quiet", "--seconds", "4", "--fps", "8", "pipeline.stages=1", "pipeline.num_cpus=0.5",
-        "model.height=16", "model.width=16", "schedule.chunk=2", "schedule.noisy_chunks=2", "schedule.steps=2",
-        "checkpoint.every_shifts=3"]
+ARGS = ["--model", "gaussian", "--quiet", "--seconds", "4", "--fps", "8", "pipeline.executor=ray",
+        "pipeline.num_cpus=0.5", "model.height=16", "model.width=16", "schedule.chunk=2", "schedule.noisy_chunks=2",
+        "schedule.steps=2", "checkpoint.every_shifts=3"]
 
 
 def generate(cwd: Path, name: str, seed: int, *extra: str, wait: bool = True, **env: str):
@@ -27,7 +27,7 @@ def generate(cwd: Path, name: str, seed: int, *extra: str, wait: bool = True, **
 def test_three_runs_started_at_once_each_make_the_video_they_make_alone(tmp_path):
     alone = {}
     for seed in SEEDS:  # the same videos made one at a time, in process (the same video as on Ray, docs/design.md §3)
-        result = generate(tmp_path, f"alone{seed}", seed, "pipeline.stages=0")
+        result = generate(tmp_path, f"alone{seed}", seed, "pipeline.executor=process")
         assert result.returncode == 0, result.stderr
         alone[seed] = read_latents(tmp_path / f"alone{seed}.arrow")
     together = tmp_path / "together"

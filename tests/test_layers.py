@@ -99,11 +99,8 @@ def test_no_import_circles():
 
 def test_only_the_ray_executor_and_entry_points_import_ray():
     ray_users = {m for m, path in MODULES.items() if any(n.split(".")[0] == "ray" for n in imports_of(path))}
-    allowed = ("orchestrator.engine.ray_", "orchestrator.entry.", "actors.", "benchmarks.")
+    allowed = ("orchestrator.engine.ray_", "orchestrator.entry.", "benchmarks.")
     assert all(m.startswith(allowed) for m in ray_users), sorted(ray_users)
-    assert not any(m.startswith(("orchestrator.core", "orchestrator.state")) for m in ray_users)
-    for module in ("orchestrator.engine.plan", "orchestrator.engine.local", "orchestrator.engine.jobs"):
-        assert module not in ray_users
 
 
 MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|root|Users|mnt|opt|srv)/[\w.-]+")

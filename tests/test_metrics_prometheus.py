@@ -17,7 +17,8 @@ from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
 from orchestrator.core.schedule import total_ticks
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import plan_video
-from orchestrator.engine.ray_pipeline import Pipeline, run_video
+from orchestrator.engine.ray_pipeline import Pipeline
+from orchestrator.engine.runner import run_video
 from orchestrator.state.runs import RunFolder
 
 

@@ -14,7 +14,8 @@ from orchestrator.core.partition import Partition
 from orchestrator.core.sampler import NoiseSource, sample
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import plan_video
-from orchestrator.engine.ray_pipeline import Pipeline, run_video
+from orchestrator.engine.ray_pipeline import Pipeline
+from orchestrator.engine.runner import run_video
 from orchestrator.entry.generate import GenerationResult, generate
 from orchestrator.state.outputs import read_latents
 from orchestrator.state.runs import RunFolder
@@ -115,7 +116,7 @@ def test_subscriber_gets_frames_in_order_before_the_end(ray_cluster, tmp_path):
     def subscribe():
         index, done = 0, False
         while not done:
-            frames, done = ray.get(pipeline.sink.frames_since.remote(run.run_id, index, 0.5))
+            frames, done = pipeline.recent_frames(run.run_id, index, 0.5)
             for i, frame in frames:
                 if not first_at:
                     first_at.append(time.time())

@@ -7,11 +7,14 @@ import shutil
 import time
 
 import av
+import numpy as np
 import openai
 import pytest
 import requests
 from conftest import probe_mp4
+from test_executors import frames_of
 
+from benchmarks.cli_process import cli
 from benchmarks.serve_process import API_KEY, Server
 
 FPS = 8
@@ -90,6 +93,22 @@ def test_stream_plays_before_the_video_is_complete(server):
     assert decoded_frames(bytes(received)) == seconds * FPS  # and the whole video once it completed
     assert "{}x{}".format(*probe_mp4(bytes(received))[1:3]) == created["size"] == "256x256"  # enlarged like the file
     assert server.wait_status(created["id"])["status"] == "completed"
+
+
+def test_the_service_makes_in_process_the_video_of_the_ray_pipeline(server, tmp_path):
+    """The service runs its one stage in its own process (the default executor); the video is the one
+    `pavdm generate` makes on Ray with the same prompt, seed and length."""
+    created = requests.post(f"{server.base}/v1/videos", headers=server.headers,
+                            json={"prompt": "a blue square bouncing", "seconds": 2, "seed": 11}).json()
+    assert server.wait_status(created["id"])["status"] == "completed"
+    served = requests.get(f"{server.base}/v1/videos/{created['id']}/content", headers=server.headers).content
+    (tmp_path / "served.mp4").write_bytes(served)
+    on_ray = cli("generate", "--model", "tiny", "--quiet", "--prompt", "a blue square bouncing", "--seconds", "2",
+                 "--seed", "11", "--out", "ray.mp4", "pipeline.executor=ray", "pipeline.num_cpus=0.5",
+                 "metrics.port=0", cwd=tmp_path)
+    assert on_ray.returncode == 0, on_ray.stderr
+    made = [frames_of(tmp_path / name) for name in ("served.mp4", "ray.mp4")]
+    assert made[0].shape[0] == 2 * FPS and np.array_equal(*made)
 
 
 def decoded_prefix_frames(data: bytes) -> int:

@@ -8,9 +8,9 @@ import torch
 from test_pipeline import models, reference_latents, small_config
 
 from orchestrator.core.partition import Partition
+from orchestrator.engine.engine import Engine
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.ray_engine import Engine
 from orchestrator.engine.ray_pipeline import Pipeline
 from orchestrator.state.outputs import read_latents
 from orchestrator.state.runs import RunFolder

@@ -15,6 +15,7 @@ from orchestrator.core.rules import check_length, check_run_id, seed_value
 
 ScheduleKind = Literal["progressive", "chunked", "replace_noise", "fifo"]
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
+EXECUTORS = ("auto", "process", "ray")
 Solver = Literal["euler", "dpmpp_2m", "dpmpp_3m"]
 
 
@@ -91,8 +92,10 @@ class PipelineConfig:
     """How the window is split into noise-level bands (docs/design.md §2)."""
 
     stages: int = 1
-    """P: stage actors on Ray, each owning one band (1 is plain PA-VDM); 0 runs the reference sampler
-    in this process without Ray."""
+    """P: stages, each owning one band of the window (1 is plain PA-VDM); 0 is the same as 1 in this process."""
+    executor: str = "auto"
+    """Where the stages run: process (this process, no Ray), ray (Ray actors), or auto = ray when P > 1,
+    pipeline.num_gpus > 0 or a cluster is named (pipeline.ray_address or RAY_ADDRESS), else process."""
     halo: Any = "all"
     """h: neighbouring chunks each band sees on each side, an integer >= 0 or 'all' (exact PA-VDM)."""
     num_cpus: float = 1.0
@@ -100,7 +103,7 @@ class PipelineConfig:
     num_gpus: float = 0.0
     """GPUs Ray reserves per stage actor; fractions allowed."""
     threads: int = 0
-    """Torch threads per stage actor; 0 = max(1, round(num_cpus))."""
+    """Torch threads per stage; 0 = every core of this process in process, max(1, round(num_cpus)) on Ray."""
     lookahead: int = 2
     """Ticks the controller submits ahead of the slowest finished one."""
     max_streams: int = 4
@@ -300,6 +303,12 @@ def validate(config: Config) -> None:
         raise UserError(f"pipeline.halo must be an integer >= 0 or 'all', got {halo!r}")
     if config.pipeline.stages < 0:
         raise UserError(f"pipeline.stages must be >= 0 (0 = in process), got {config.pipeline.stages}")
+    if config.pipeline.executor not in EXECUTORS:
+        raise UserError(f"pipeline.executor must be one of {', '.join(EXECUTORS)}, got {config.pipeline.executor!r}")
+    if config.pipeline.stages == 0 and config.pipeline.executor == "ray":
+        raise UserError("pipeline.stages=0 runs in this process; pipeline.executor=ray needs pipeline.stages >= 1")
+    if config.pipeline.threads < 0:
+        raise UserError(f"pipeline.threads must be >= 0 (0 = automatic), got {config.pipeline.threads}")
     if config.pipeline.num_cpus < 0 or config.pipeline.num_gpus < 0:
         raise UserError("pipeline.num_cpus and pipeline.num_gpus must be >= 0")
     if config.pipeline.max_streams < 1:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.core.config import Config
 from orchestrator.core.errors import UserError, ending
+from orchestrator.core.schedule import Tick
 from orchestrator.state.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class StreamJob:
     run: RunFolder
     on_frames: Callable[[int], None] = lambda frames: None  # frames written so far
     on_end: Callable[[StreamJob], None] = lambda job: None  # completed, failed or cancelled
+    on_tick: Callable[[Tick], None] | None = None  # after each of its ticks (in process: once made)
     cancelled: threading.Event = field(default_factory=threading.Event)
     out: Path | None = None
     error: BaseException | None = None

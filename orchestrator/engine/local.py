@@ -1,21 +1,22 @@
-"""The in-process executor: the reference sampler feeding a VideoSink in this process, checkpointing at shifts."""
+"""The in-process executor: the stages and the sink as plain objects in this process, called in turn."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from actors.backends.base import Backend, PromptEncodings
+from actors.backends.base import Backend
+from actors.backends.factory import build_backend
+from actors.sink import Sink
+from actors.stage import Stage
 from actors.video_sink import VideoSink
-from orchestrator.core.config import Config
-from orchestrator.core.sampler import NoiseSource, sample
-from orchestrator.core.schedule import Tick
-from orchestrator.engine.plan import Checkpointer, VideoPlan
-from orchestrator.state.run_state import StartState, write_checkpoint
+from orchestrator.core.config import Config, ModelConfig
+from orchestrator.core.errors import UserError
 
 T = TypeVar("T")
 
@@ -25,48 +26,97 @@ class WrittenChunk:
     """A chunk as the sink wrote it: its latents (the last chunk trimmed to the video's length) and its decoded
     frames at model size, the first of them frame `first` of the video."""
 
+    stream: str
     chunk: int
     latents: torch.Tensor  # [Ch, c, h, w]
     first: int
     frames: torch.Tensor  # uint8 [f, H, W, 3]
 
 
-def local_video(config: Config, plan: VideoPlan, backend: Backend, start: StartState, checkpointer: Checkpointer,
-                on_frames: Callable[[int], None] = lambda frames: None, on_tick: Callable[[Tick], None] | None = None
-                ) -> Generator[WrittenChunk, None, Path]:
-    """The in-process reference sampler feeding a VideoSink, checkpointing at shift boundaries. Yields every chunk
-    once written (on_frames hears the frames written so far first) and returns the finished video's path; on_tick
-    is the sampler's hook after every tick. An error, or closing the generator, drops the open segments."""
-    g = plan.geometry
-    noise = NoiseSource(config.seed, (backend.latent_shape[0], g.chunk, *backend.latent_shape[1:]))
-    encodings = PromptEncodings(backend)
-    sink = VideoSink(config, backend.codec, plan.size, plan.prompts, checkpointer.run.segments,
-                     start.sink if start.resumed else None)
-
-    def on_boundary(tick, window) -> None:
-        if checkpointer.policy.due():
-            checkpointer.timed(lambda: write_checkpoint(sink, checkpointer.store, tick.index + 1, window,
-                                                        checkpointer.meta))
-
-    try:
-        chunks = sample(backend.velocity, g, plan.num_chunks, noise, lambda c: encodings.get(plan.prompts.of(c)),
-                        partition=plan.partition, resume=(start.next_tick, start.window, start.init_count),
-                        on_boundary=on_boundary, on_tick=on_tick)
-        for m, x in chunks:
-            first, latent_first = sink.frames, sink.latent_frames
-            on_frames(sink.write(m, x))
-            frames = torch.stack([frame for _, frame in sink.frames_since(first)[0]])  # [f, H, W, 3]
-            yield WrittenChunk(m, x[:, : sink.latent_frames - latent_first], first, frames)
-        return sink.finish()
-    except BaseException:
-        sink.abort()
-        raise
+def process_threads(threads: int) -> int:
+    """Torch threads in process: pipeline.threads, or 0 = every core this process may run on."""
+    return threads or len(os.sched_getaffinity(0))
 
 
-def run_local(config: Config, plan: VideoPlan, backend: Backend, start: StartState, checkpointer: Checkpointer,
-              on_frames: Callable[[int], None]) -> Path:
-    """local_video to its end: the finished video's path."""
-    return run_to_end(local_video(config, plan, backend, start, checkpointer, on_frames))
+class ChunkSink(Sink):
+    """The sink, keeping every chunk it writes as a WrittenChunk until taken (for callers that read chunks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.written: list[WrittenChunk] = []
+
+    def write_chunk(self, stream: str, video: VideoSink, m: int, latents: torch.Tensor) -> None:
+        first, latent_first = video.frames, video.latent_frames
+        super().write_chunk(stream, video, m, latents)
+        frames = torch.stack([frame for _, frame in video.frames_since(first)[0]])  # [f, H, W, 3]
+        self.written.append(WrittenChunk(stream, m, latents[:, : video.latent_frames - latent_first], first, frames))
+
+    def take(self) -> list[WrittenChunk]:
+        """The chunks written since the last take."""
+        taken, self.written = self.written, []
+        return taken
+
+
+class InProcessExecutor:
+    """P stages (one band each; P > 1 only in halo mode) and a sink, all in this process; every call runs to its
+    end before it returns, so a Ref is the value itself. Torch uses pipeline.threads threads (0 = every core)."""
+
+    def __init__(self, config: Config, backend_of: Callable[[ModelConfig], Backend] = build_backend,
+                 keep_chunks: bool = False):
+        """backend_of loads the model (once, shared by the stages); keep_chunks makes the sink a ChunkSink."""
+        cfg = config.pipeline
+        torch.set_num_threads(process_threads(cfg.threads))
+        try:
+            backend = backend_of(config.model)
+        except (OSError, ValueError) as err:
+            raise UserError(f"the model could not be built: {err}") from None
+        self.latent_shape = backend.latent_shape
+        self.stages_count = max(cfg.stages, 1)
+        self.stages = [Stage(j, config.model, 0, backend) for j in range(self.stages_count)]
+        self.sink = ChunkSink() if keep_chunks else Sink()
+
+    def open(self, stream, config, size, prompts, workdir, resume) -> None:
+        self.sink.open(stream, config, size, prompts, workdir, resume)
+
+    def start(self, stream, seed, geometry, shares) -> list:
+        return [stage.start(stream, seed, geometry, share) for stage, share in zip(self.stages, shares, strict=True)]
+
+    def tick(self, plans, peers) -> list[tuple[Any, Any, Any]]:
+        return [stage.tick(plan, *sources) for stage, plan, sources in zip(self.stages, plans, peers, strict=True)]
+
+    def write(self, emitted) -> dict[str, int]:
+        return self.sink.write(*emitted)
+
+    def save_checkpoint(self, stream, uri, keep, next_tick, meta, published) -> int:
+        return self.sink.save_checkpoint(stream, uri, keep, next_tick, meta, *published)
+
+    def finish(self, stream) -> str:
+        return self.sink.finish(stream)
+
+    def abort(self, stream, timeout) -> None:
+        self.sink.abort(stream)
+
+    def drop(self, stream) -> None:
+        for stage in self.stages:
+            stage.drop(stream)
+
+    def get(self, refs):
+        return refs
+
+    def died(self, err: BaseException) -> bool:
+        return False  # nothing here can die apart from this process
+
+    def cause(self, err: Exception) -> Exception:
+        return err
+
+    def recent_frames(self, stream, index, timeout):
+        return self.sink.frames_since(stream, index, timeout)
+
+    async def frames_since(self, stream, index, timeout):
+        return await asyncio.to_thread(self.sink.frames_since, stream, index, timeout)
+
+    def shutdown(self) -> None:
+        self.stages.clear()
 
 
 def run_to_end(steps: Generator[Any, None, T]) -> T:

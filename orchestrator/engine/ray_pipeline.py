@@ -1,4 +1,4 @@
-"""The control plane on Ray: builds the stage and sink actors and keeps a queue of jobs running on them."""
+"""The Ray executor: stage and sink actors, rebuilt when one dies, and the Ray session they live in."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayTaskError
@@ -17,14 +18,17 @@ from actors.sink import Sink
 from actors.stage import Stage
 from orchestrator.core.config import Config, PipelineConfig
 from orchestrator.core.errors import RunFailed, UserError
-from orchestrator.engine.jobs import JobQueue, StreamJob
+from orchestrator.engine.engine import Engine
+from orchestrator.engine.jobs import JobQueue
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.plan import frame_progress
-from orchestrator.engine.ray_engine import Engine
-from orchestrator.engine.ray_errors import remote_cause, stage_died
-from orchestrator.state.runs import RunFolder
+from orchestrator.engine.ray_errors import remote_cause, stage_died, unwrap_get
 
 log = logging.getLogger(__name__)
+
+
+# A cluster of our own: its workers at the driver's priority (Ray starts them at niceness 15, behind every other
+# process on the node), and a bounded record of finished tasks in the GCS (several tasks run per tick).
+OWN_CLUSTER = {"worker_niceness": 0, "task_events_max_num_task_in_gcs": 10_000}
 
 
 @contextlib.contextmanager
@@ -34,9 +38,10 @@ def ray_session(cfg: PipelineConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             configure_logging=True)
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    ours = {} if address else {"_system_config": OWN_CLUSTER}
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             configure_logging=True, **ours)
     try:
         yield
     finally:
@@ -57,7 +62,8 @@ def check_resources(cfg: PipelineConfig) -> None:
 
 
 class Pipeline:
-    """P stage actors and a sink actor; long-lived, so several videos can run on the same stages."""
+    """The Ray executor (orchestrator/engine/executor.py): P stage actors and a sink actor, long-lived, so several
+    videos can run on the same stages. Calls return ObjectRefs; the stages of one tick run in parallel."""
 
     def __init__(self, config: Config):
         cfg = config.pipeline
@@ -67,7 +73,8 @@ class Pipeline:
                                               scheduling_strategy="SPREAD" if cfg.spread else "DEFAULT")
         self.stages = [stage_cls.remote(j, config.model, threads) for j in range(cfg.stages)]
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.sink = Sink.options(num_cpus=0, scheduling_strategy=here).remote()  # writes files on this node
+        sink_cls = ray.remote(concurrency_groups={Sink.SUBSCRIBERS: 8})(Sink)
+        self.sink = sink_cls.options(num_cpus=0, scheduling_strategy=here).remote()  # writes files on this node
         try:
             shapes = ray.get([stage.ready.remote() for stage in self.stages], timeout=cfg.start_timeout)
         except RayTaskError as err:
@@ -85,14 +92,59 @@ class Pipeline:
             raise
         self.latent_shape = shapes[0]
 
+    def open(self, stream, config, size, prompts, workdir, resume) -> None:
+        unwrap_get(self.sink.open.remote(stream, config, size, prompts, workdir, resume))
+
+    def start(self, stream, seed, geometry, shares) -> list:
+        return [stage.start.remote(stream, seed, geometry, share)
+                for stage, share in zip(self.stages, shares, strict=True)]
+
+    def tick(self, plans, peers) -> list[tuple[Any, Any, Any]]:
+        return [stage.tick.options(num_returns=3).remote(plan, *sources)
+                for stage, plan, sources in zip(self.stages, plans, peers, strict=True)]
+
+    def write(self, emitted):
+        return self.sink.write.remote(*emitted)
+
+    def save_checkpoint(self, stream, uri, keep, next_tick, meta, published) -> int:
+        return unwrap_get(self.sink.save_checkpoint.remote(stream, uri, keep, next_tick, meta, *published))
+
+    def finish(self, stream) -> str:
+        return unwrap_get(self.sink.finish.remote(stream))
+
+    def abort(self, stream, timeout) -> None:
+        ray.get(self.sink.abort.remote(stream), timeout=timeout)
+
+    def drop(self, stream) -> None:
+        for stage in self.stages:
+            stage.drop.remote(stream)
+
+    def get(self, refs):
+        return ray.get(refs)
+
+    def died(self, err: BaseException) -> bool:
+        return stage_died(err)
+
+    def cause(self, err: Exception) -> Exception:
+        return remote_cause(err)
+
+    def _subscribe(self, stream, index, timeout):
+        return self.sink.frames_since.options(concurrency_group=Sink.SUBSCRIBERS).remote(stream, index, timeout)
+
+    def recent_frames(self, stream, index, timeout):
+        return unwrap_get(self._subscribe(stream, index, timeout))
+
+    async def frames_since(self, stream, index, timeout):
+        return await self._subscribe(stream, index, timeout)
+
     def shutdown(self) -> None:
         for actor in [*self.stages, self.sink]:
             ray.kill(actor)
 
 
-def run_jobs(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqdm | None = None,
-             on_pipeline: Callable[[Pipeline | None], None] = lambda pipeline: None) -> int:
-    """Run every job of `queue` on one pipeline (Ray session, P stages, a sink) until it is closed and empty.
+def run_on_ray(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqdm | None = None,
+               on_pipeline: Callable[[Pipeline | None], None] = lambda pipeline: None) -> int:
+    """Run every job of `queue` on Ray (a session, P stage actors, a sink actor) until it is closed and empty.
     When a stage or the sink dies the pipeline is rebuilt and the jobs on it continue from their last
     checkpoints, up to recovery.max_restarts times. on_pipeline hears of every pipeline built (and of None
     when it goes). Returns the number of restarts."""
@@ -125,40 +177,3 @@ def run_jobs(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqd
                         pipeline.shutdown()
         finally:
             metrics.close()
-
-
-@contextlib.contextmanager
-def one_job(config: Config, run: RunFolder, progress: bool) -> Iterator[tuple[StreamJob, tqdm]]:
-    """The job of one video, with a frame progress bar that follows it."""
-    job = StreamJob(config, run)
-    with frame_progress(0, progress) as bar:
-
-        def on_frames(frames: int) -> None:
-            bar.total = job.frames_total
-            bar.update(frames - bar.n)
-
-        job.on_frames = on_frames
-        yield job, bar
-
-
-def run_video(pipeline: Pipeline, config: Config, run: RunFolder, metrics: PipelineMetrics,
-              progress: bool = False) -> StreamJob:
-    """One video on built stages, from the run's newest valid checkpoint or from the start."""
-    with one_job(config, run, progress) as (job, bar):
-        Engine(pipeline, config, metrics, bar).run(JobQueue([job], closed=True))
-    return finished(job)
-
-
-def finished(job: StreamJob) -> StreamJob:
-    """The job, or its error raised."""
-    if job.error is not None:
-        raise job.error
-    return job
-
-
-def run_pipeline(config: Config, run: RunFolder, progress: bool) -> tuple[StreamJob, int]:
-    """The CLI path: one job through run_jobs. Returns (the finished job, restarts)."""
-    with one_job(config, run, progress) as (job, bar):
-        restarts = run_jobs(config, JobQueue([job], closed=True), PipelineMetrics(run.run_id, config.pipeline.stages),
-                            bar)
-    return finished(job), restarts

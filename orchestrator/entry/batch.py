@@ -23,7 +23,7 @@ from orchestrator.core.prompts import PromptSchedule
 from orchestrator.core.rules import check_run_id, seed_value
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.ray_pipeline import run_jobs
+from orchestrator.engine.runner import run_jobs
 from orchestrator.state.atomic import partial_path
 from orchestrator.state.outputs import same_file
 from orchestrator.state.runs import RunFolder
@@ -264,6 +264,6 @@ def run_rows(batch: Batch, base: Config, jobs: list[StreamJob], progress: bool) 
         job.on_frames = lambda frames, job=job: on_frames(job, frames)
         job.on_end = on_end
     try:
-        run_jobs(base, JobQueue(jobs, closed=True), PipelineMetrics("batch", base.pipeline.stages), bar)
+        run_jobs(base, JobQueue(jobs, closed=True), PipelineMetrics("batch", max(base.pipeline.stages, 1)), bar)
     finally:
         bar.close()

@@ -9,15 +9,15 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.backends.base import Backend
 from actors.backends.factory import build_backend, frame_count
 from actors.video_sink import VideoSize, config_path_for, write_outputs
-from orchestrator.core.config import Config, ModelConfig, apply_overrides, video_identity
+from orchestrator.core.config import Config, apply_overrides, video_identity
 from orchestrator.core.errors import UserError, ending
 from orchestrator.core.prompts import PromptSchedule
 from orchestrator.core.schedule import Tick
-from orchestrator.engine.local import WrittenChunk, local_video, run_to_end
-from orchestrator.engine.plan import begin, frame_progress, plan_video
+from orchestrator.engine.local import WrittenChunk, run_to_end
+from orchestrator.engine.plan import plan_video
+from orchestrator.engine.runner import BackendOf, video_steps
 from orchestrator.state import segments
 from orchestrator.state.outputs import check_writable, same_file
 from orchestrator.state.run_state import (
@@ -76,14 +76,12 @@ def made_segments(run: RunFolder, config: Config, size: VideoSize) -> tuple[list
     return None
 
 
-BackendOf = Callable[[ModelConfig], Backend]
-
-
 def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[[Tick], None] | None = None,
-              backend_of: BackendOf = build_backend) -> Generator[WrittenChunk, None, GenerationResult]:
-    """Run (or continue) a run to completion, keeping its status file true. In process (pipeline.stages = 0) it
-    yields every chunk once written and on_tick hears of every tick; the Ray executor yields nothing. backend_of
-    gives the in-process model."""
+              backend_of: BackendOf = build_backend, keep_chunks: bool = False
+              ) -> Generator[WrittenChunk, None, GenerationResult]:
+    """Run (or continue) a run to completion on the executor its config asks for, keeping its status file true.
+    In process, with keep_chunks, it yields every chunk once written; on_tick hears of every tick (in process:
+    once made); backend_of loads the in-process model."""
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
     run.set_status("running", None, plan.size.frames, config.output.out)
@@ -91,17 +89,8 @@ def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[
     try:
         if made is not None:  # every frame is in segments: only the outputs are left to write
             out, restarts, checkpoint_seconds = write_outputs(config, run.segments, *made), 0, 0.0
-        elif config.pipeline.stages == 0:
-            backend = backend_of(config.model)
-            start, checkpointer = begin(run, config, plan, backend.latent_shape)
-            with frame_progress(plan.size.frames, progress, start.sink.frames) as bar:
-                out = yield from local_video(config, plan, backend, start, checkpointer,
-                                             lambda n: bar.update(n - bar.n), on_tick)
-            restarts, checkpoint_seconds = 0, checkpointer.seconds
         else:
-            from orchestrator.engine.ray_pipeline import run_pipeline
-
-            job, restarts = run_pipeline(config, run, progress)
+            job, restarts = yield from video_steps(config, run, progress, backend_of, keep_chunks, on_tick)
             out, checkpoint_seconds = job.out, job.checkpoint_seconds
     except BaseException as err:
         state, reason = ending(err)
@@ -128,21 +117,20 @@ def new_run(config: Config) -> RunFolder:
 
 
 def generation(config: Config, progress: bool = True, on_tick: Callable[[Tick], None] | None = None,
-               backend_of: BackendOf = build_backend) -> Generator[WrittenChunk, None, GenerationResult]:
+               backend_of: BackendOf = build_backend, keep_chunks: bool = False
+               ) -> Generator[WrittenChunk, None, GenerationResult]:
     """generate(), yielding what execution() yields."""
     run = new_run(config)
     try:
-        return (yield from execution(run, config, progress, on_tick, backend_of))
+        return (yield from execution(run, config, progress, on_tick, backend_of, keep_chunks))
     except UserError:
         run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources): leave nothing
         raise
 
 
 def generate(config: Config, progress: bool = True) -> GenerationResult:
-    """Start a new run; its outputs appear under their final names only if it completes.
-
-    pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
-    """
+    """Start a new run; its outputs appear under their final names only if it completes (in process or on Ray,
+    as pipeline.executor says)."""
     return run_to_end(generation(config, progress))
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.core.config import Config, written_frame_size
 from orchestrator.core.errors import UserError, one_line
@@ -23,6 +24,9 @@ from orchestrator.entry.serving.tenants import OPEN, Tenant, Tenants
 from orchestrator.state import segments
 from orchestrator.state.atomic import partial_path, write_text_atomic
 from orchestrator.state.runs import RunFolder
+
+if TYPE_CHECKING:
+    from orchestrator.engine.executor import Executor
 
 log = logging.getLogger(__name__)
 RECORD = "video.json"
@@ -67,8 +71,8 @@ class VideoService:
         self.queue = JobQueue()
         self.live: dict[str, StreamJob] = {}  # queued or running
         self.lock = threading.Lock()
-        self.metrics = PipelineMetrics("serve", config.pipeline.stages)
-        self.pipeline = None
+        self.metrics = PipelineMetrics("serve", max(config.pipeline.stages, 1))
+        self.executor: Executor | None = None  # the stages and sink, in process or on Ray
         self.broken = ""  # why the pipeline cannot start, if it cannot
         self.stopping = False  # a clean stop is under way: no new videos
         self.recover()
@@ -78,11 +82,11 @@ class VideoService:
     # --- the pipeline thread ---------------------------------------------------------------------------------
 
     def work(self) -> None:
-        from orchestrator.engine.ray_pipeline import run_jobs
+        from orchestrator.engine.runner import run_jobs  # torch and the model code load with the pipeline
 
         while not (self.queue.finished or self.queue.suspended):
             try:
-                run_jobs(self.config, self.queue, self.metrics, on_pipeline=self.use_pipeline)
+                run_jobs(self.config, self.queue, self.metrics, on_executor=self.use_executor)
             except UserError as err:  # the pipeline cannot be built as configured: nothing waiting can run
                 log.error("the pipeline cannot start: %s", err)
                 self.broken = one_line(err)
@@ -93,9 +97,9 @@ class VideoService:
                 log.exception("the pipeline stopped; starting it again")
                 time.sleep(self.config.recovery.backoff_seconds)
 
-    def use_pipeline(self, pipeline) -> None:
-        self.pipeline = pipeline
-        if pipeline is not None:
+    def use_executor(self, executor: Executor | None) -> None:
+        self.executor = executor
+        if executor is not None:
             self.broken = ""
 
     def stop(self) -> None:
@@ -304,10 +308,10 @@ class VideoService:
 
     async def frames_since(self, video_id: str, index: int):
         """Frames of a video being made, from the sink: ([(index, [H, W, 3])], done | None if unknown)."""
-        pipeline = self.pipeline
-        if pipeline is None:
+        executor = self.executor
+        if executor is None:
             return [], None
         try:
-            return await pipeline.sink.frames_since.remote(video_id, index, 1.0)
+            return await executor.frames_since(video_id, index, 1.0)
         except Exception:  # the pipeline is being rebuilt
             return [], None

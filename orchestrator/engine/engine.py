@@ -1,4 +1,4 @@
-"""Continuous batching: many videos (streams) share the stages, joining and leaving at shift boundaries."""
+"""The engine: continuous batching of videos (streams) over the stages of an executor, in process or on Ray."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
 from tqdm import tqdm
 
 from actors.backends.factory import frame_count
@@ -22,10 +21,10 @@ from orchestrator.core.config import Config, engine_identity
 from orchestrator.core.errors import RunFailed, UserError
 from orchestrator.core.planner import TickPlanner
 from orchestrator.core.schedule import Tick, ticks
+from orchestrator.engine.executor import Executor
 from orchestrator.engine.jobs import JobQueue, StreamJob, conclude
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import Checkpointer, VideoPlan, begin, plan_video
-from orchestrator.engine.ray_errors import remote_cause, stage_died, unwrap_get
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +52,20 @@ class ActiveStream:
 
 
 class Engine:
-    """Runs jobs from a queue on one Pipeline until the queue is closed and empty.
+    """Runs jobs from a queue on one executor's stages until the queue is closed and empty. It never imports Ray:
+    the executor (orchestrator/engine/executor.py) runs the stages and the sink, in process or as Ray actors.
 
     Every tick, each stage gets one call carrying all active streams; new streams join only when every
     active stream has just finished a shift (or block), and a stream leaves after its last tick."""
 
-    def __init__(self, pipeline, config: Config, metrics: PipelineMetrics, bar: tqdm | None = None):
-        self.pipeline, self.config, self.metrics = pipeline, config, metrics
+    def __init__(self, executor: Executor, config: Config, metrics: PipelineMetrics, bar: tqdm | None = None):
+        self.executor, self.config, self.metrics = executor, config, metrics
         self.max_streams = config.pipeline.max_streams
         self.identity = engine_identity(config)
         self.frames_of = frame_count(config.model)
         self.active: dict[str, ActiveStream] = {}
-        self.clock = TickClock(metrics, pipeline.stages_count, config.pipeline.lookahead, self.written, bar)
-        self.states: list = [None] * pipeline.stages_count  # each stage's published refs from the last tick
+        self.clock = TickClock(executor, metrics, config.pipeline.lookahead, self.written, bar)
+        self.states: list = [None] * executor.stages_count  # each stage's published refs from the last tick
         self.ended_ids: collections.deque[str] = collections.deque()  # whose per-video series are still kept
         self.pending_requeue: list[StreamJob] = []  # taken from the queue but not yet admitted when it died
 
@@ -80,15 +80,15 @@ class Engine:
                 raise UserError("a job's model, schedule or pipeline settings differ from the pipeline's")
             plan = plan_video(config, self.frames_of)
             job.frames_total = plan.size.frames
-            start, checkpointer = begin(job.run, config, plan, self.pipeline.latent_shape)
-            unwrap_get(self.pipeline.sink.open.remote(job.id, config, plan.size, plan.prompts, str(job.run.segments),
-                                                      start.sink if start.resumed else None))
+            start, checkpointer = begin(job.run, config, plan, self.executor.latent_shape)
+            self.executor.open(job.id, config, plan.size, plan.prompts, str(job.run.segments),
+                               start.sink if start.resumed else None)
         except UserError as err:
             self.end(job, error=err)
             return
         g = plan.geometry
         planner = TickPlanner(plan.partition, g.noisy, g.context)
-        last_stage = self.pipeline.stages_count - 1
+        last_stage = self.executor.stages_count - 1
         planner.holder = {m: last_stage for m in range(-start.init_count, 0)}
         schedule = ticks(g, plan.num_chunks, start.init_count)
         for tick in schedule:  # replay the bookkeeping (no model calls) up to where the run stands
@@ -97,9 +97,8 @@ class Engine:
                 break
             planner.plan(tick, "")
         shares = [start.window.only([m for m in start.window.chunks if planner.holder[m] == j])
-                  for j in range(len(self.pipeline.stages))]
-        start_refs = [stage.start.remote(job.id, config.seed, g, share)
-                      for stage, share in zip(self.pipeline.stages, shares, strict=True)]
+                  for j in range(self.executor.stages_count)]
+        start_refs = self.executor.start(job.id, config.seed, g, shares)
         job.run.set_status("running", start.sink.frames, plan.size.frames, config.output.out)
         job.admitted = True
         self.active[job.id] = ActiveStream(job, plan, planner, schedule, checkpointer, start_refs)
@@ -120,10 +119,9 @@ class Engine:
     def drop(self, stream: ActiveStream, error: BaseException | None = None) -> None:
         """Take a stream off the stages and the sink before its end: cancelled, or failed alone."""
         self.clock.drain()
-        for stage in self.pipeline.stages:
-            stage.drop.remote(stream.job.id)
+        self.executor.drop(stream.job.id)
         with contextlib.suppress(Exception):
-            ray.get(self.pipeline.sink.abort.remote(stream.job.id), timeout=30)
+            self.executor.abort(stream.job.id, timeout=30)
         self.end(stream.job, error=error or UserError("cancelled"))
 
     def interrupted(self) -> list[StreamJob]:
@@ -131,16 +129,23 @@ class Engine:
         jobs = [stream.job for stream in self.active.values()]
         for job in jobs:
             with contextlib.suppress(Exception):
-                ray.get(self.pipeline.sink.abort.remote(job.id), timeout=5)
+                self.executor.abort(job.id, timeout=5)
         self.active.clear()
         return jobs
 
     # --- the tick loop -------------------------------------------------------------------------------------
 
     def run(self, queue: JobQueue) -> None:
-        """Until the queue is closed and empty. On a dead stage or sink the active jobs go back to the queue
-        (to continue from their checkpoints) and the error is raised; any other error ends them as failed."""
+        """Until the queue is closed and empty (see steps)."""
+        for _ in self.steps(queue):
+            pass
+
+    def steps(self, queue: JobQueue) -> Iterator[None]:
+        """Run the queue, yielding after every tick submitted, until it is closed and empty. On a dead stage or sink
+        the active jobs go back to the queue (to continue from their checkpoints) and the error is raised; any other
+        error, or closing the generator, ends them as failed or interrupted."""
         at_boundary = True
+        died, cause = self.executor.died, self.executor.cause
         try:
             while self.active or not queue.finished:
                 if at_boundary and queue.suspended:
@@ -151,12 +156,13 @@ class Engine:
                 for stream in [s for s in self.active.values() if s.job.cancelled.is_set()]:
                     self.drop(stream)
                 at_boundary = self.tick() if self.active else True
+                yield
             self.clock.drain()
         except BaseException as err:
             jobs = self.interrupted()
-            if not stage_died(err):
+            if not died(err):
                 for job in jobs:
-                    self.end(job, error=remote_cause(err) if isinstance(err, Exception) else err)
+                    self.end(job, error=cause(err) if isinstance(err, Exception) else err)
                 raise
             for job in jobs:  # continue from their checkpoints on a rebuilt pipeline, a bounded number of times
                 job.attempts += 1
@@ -183,16 +189,16 @@ class Engine:
             try:
                 self.admit(job)
             except Exception as err:
-                if stage_died(err):
+                if self.executor.died(err):
                     self.pending_requeue = jobs[i:]
                     raise
-                self.end(job, error=remote_cause(err))
+                self.end(job, error=self.executor.cause(err))
 
     def tick(self) -> bool:
         """One tick of every active stream; returns whether all of them just ended a shift (or block)."""
         streams = list(self.active.values())
-        per_stage: list[dict[str, StageTick]] = [{} for _ in self.pipeline.stages]
-        peers: list[dict] = [{} for _ in self.pipeline.stages]  # ref -> None, an ordered set per stage
+        per_stage: list[dict[str, StageTick]] = [{} for _ in range(self.executor.stages_count)]
+        peers: list[dict] = [{} for _ in range(self.executor.stages_count)]  # ref -> None, an ordered set per stage
         ticks_now = {}
         for stream in streams:
             tick = stream.last = stream.advance()
@@ -205,14 +211,11 @@ class Engine:
                 for k in sorted(sources):
                     peers[j][refs[k]] = None
             stream.start_refs = None
-        outputs = [
-            stage.tick.options(num_returns=3).remote(plans, *peers[j])
-            for j, (stage, plans) in enumerate(zip(self.pipeline.stages, per_stage, strict=True))
-        ]
+        outputs = self.executor.tick(per_stage, [list(sources) for sources in peers])
         self.states = [published for published, _, _ in outputs]
         emitting = [out[1] for out, plans in zip(outputs, per_stage, strict=True)
                     if any(p.emit for p in plans.values())]
-        written = self.pipeline.sink.write.remote(*emitting) if emitting else None
+        written = self.executor.write(emitting) if emitting else None
         self.clock.submitted([stats for _, _, stats in outputs], written)
         for stream in streams:
             tick = ticks_now[stream.job.id]
@@ -223,10 +226,12 @@ class Engine:
                     self.finish(stream)
                 elif tick.boundary and stream.checkpointer.policy.due():
                     self.checkpoint(stream, tick)
+                if stream.job.on_tick is not None:
+                    stream.job.on_tick(tick)
             except Exception as err:
-                if stage_died(err):
+                if self.executor.died(err):
                     raise
-                self.drop(stream, remote_cause(err))  # e.g. its output location is full: it fails alone
+                self.drop(stream, self.executor.cause(err))  # e.g. its output location is full: it fails alone
         return all(t.boundary for t in ticks_now.values())
 
     def checkpoint(self, stream: ActiveStream, tick: Tick) -> None:
@@ -234,9 +239,8 @@ class Engine:
 
         def take() -> int:
             self.clock.drain()  # the pipeline pauses while the checkpoint is taken
-            return unwrap_get(self.pipeline.sink.save_checkpoint.remote(
-                stream.job.id, checkpointer.store.uri, checkpointer.store.keep, tick.index + 1, checkpointer.meta,
-                *published))
+            return self.executor.save_checkpoint(stream.job.id, checkpointer.store.uri, checkpointer.store.keep,
+                                                 tick.index + 1, checkpointer.meta, published)
 
         seconds = checkpointer.timed(take)
         stream.job.checkpoint_seconds = checkpointer.seconds
@@ -244,7 +248,7 @@ class Engine:
 
     def finish(self, stream: ActiveStream) -> None:
         self.clock.drain()
-        out = Path(unwrap_get(self.pipeline.sink.finish.remote(stream.job.id)))
+        out = Path(self.executor.finish(stream.job.id))
         self.end(stream.job, out=out)
 
     def written(self, frames: dict[str, int]) -> None:
@@ -265,12 +269,13 @@ class Engine:
 class TickClock:
     """Keeps at most `lookahead` ticks in flight and turns finished ticks into metrics and frame counts."""
 
-    def __init__(self, metrics: PipelineMetrics, stages: int, lookahead: int,
+    def __init__(self, executor: Executor, metrics: PipelineMetrics, lookahead: int,
                  on_written: Callable[[dict[str, int]], None], bar: tqdm | None = None):
-        self.metrics, self.lookahead, self.on_written, self.bar = metrics, lookahead, on_written, bar
+        self.executor, self.metrics, self.lookahead = executor, metrics, lookahead
+        self.on_written, self.bar = on_written, bar
         self.pending: collections.deque = collections.deque()
         self.started = time.time()
-        self.busy = [0.0] * stages
+        self.busy = [0.0] * executor.stages_count
         self.last_end: float | None = None
 
     def submitted(self, stats_refs: list, written_ref) -> None:
@@ -283,7 +288,7 @@ class TickClock:
             self._complete(*self.pending.popleft())
 
     def _complete(self, stats_refs: list, written_ref) -> None:
-        stats: list[TickStats] = ray.get(stats_refs)
+        stats: list[TickStats] = self.executor.get(stats_refs)
         run = self.metrics.run_id
         begin_at, end = min(s.started for s in stats), max(s.finished for s in stats)
         self.metrics.ticks.labels(run).inc()
@@ -298,7 +303,7 @@ class TickClock:
         self.metrics.batch_streams.labels(run).observe(max(s.streams for s in stats))
         self.last_end = end
         if written_ref is not None:
-            self.on_written(ray.get(written_ref))
+            self.on_written(self.executor.get(written_ref))
         if self.bar is not None:
             elapsed = max(time.time() - self.started, 1e-9)
             self.bar.set_postfix_str("busy " + "/".join(f"{b / elapsed:.0%}" for b in self.busy), refresh=False)

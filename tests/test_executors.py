@@ -8,9 +8,14 @@ import sys
 import av
 import numpy as np
 import pytest
+from conftest import probe_mp4
 from test_batch import SHORT_WINDOW
 
+from orchestrator.engine.local import InProcessExecutor
+from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.runner import run_video
 from orchestrator.entry.batch import run_batch
+from orchestrator.state.runs import RunFolder
 from orchestrator.state.settings import load_config
 
 
@@ -59,3 +64,14 @@ def test_in_process_runs_never_load_ray_and_use_the_threads_asked_for(tmp_path):
 def test_an_executor_that_cannot_be_is_refused(stages, executor):
     with pytest.raises(Exception, match="pipeline.executor"):
         load_config([], [f"pipeline.stages={stages}", f"pipeline.executor={executor}"], model="gaussian")
+
+
+def test_the_time_to_the_first_frame_is_reported_and_exported(tmp_path):
+    config = load_config([], ["metrics.port=0", f"run.root={tmp_path / 'runs'}", f"output.out={tmp_path / 'v.mp4'}",
+                              "seconds=2", *SHORT_WINDOW], model="gaussian")
+    metrics = PipelineMetrics("ttff", 1)
+    run = RunFolder.create(config)
+    job = run_video(InProcessExecutor(config), config, run, metrics)
+    exported = metrics.registry.get_sample_value("pavdm_first_frame_seconds", {"run_id": run.run_id})
+    assert job.first_frame_seconds is not None and 0 < exported == job.first_frame_seconds < 60
+    assert probe_mp4(tmp_path / "v.mp4")[0] == 16

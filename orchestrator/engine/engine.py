@@ -258,6 +258,9 @@ class Engine:
             if stream is None:
                 continue
             self.metrics.frames.labels(stream_id).inc(count - stream.job.written)
+            if stream.job.first_frame_seconds is None and count > stream.job.written:
+                stream.job.first_frame_seconds = time.time() - stream.job.created
+                self.metrics.first_frame.labels(stream_id).set(stream.job.first_frame_seconds)
             stream.job.written = count
             elapsed = max(time.time() - stream.started, 1e-9)
             rate = count / elapsed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ class StreamJob:
     attempts: int = 0  # pipelines that died while carrying it
     written: int = 0  # frames written so far
     owner: str = ""  # whose video it is: the queue takes owners in turn
+    created: float = field(default_factory=time.time)  # wall clock
+    first_frame_seconds: float | None = None  # from created to its first frame written (this run of the job)
 
     @property
     def id(self) -> str:

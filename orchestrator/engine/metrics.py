@@ -50,6 +50,8 @@ class PipelineMetrics:
         self.fps = Gauge("pavdm_frames_per_second", "Frames written per second since the run started", run,
                          registry=reg)
         self.eta = Gauge("pavdm_eta_seconds", "Estimated seconds until the video is complete", run, registry=reg)
+        self.first_frame = Gauge("pavdm_first_frame_seconds", "Seconds from a video's start to its first frame",
+                                 run, registry=reg)
         self.streams = Gauge("pavdm_active_streams", "Videos currently in the pipeline", run, registry=reg)
         self.batch_streams = Histogram("pavdm_batch_streams", "Streams in the largest stage call of a tick", run,
                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=reg)
@@ -65,7 +67,7 @@ class PipelineMetrics:
 
     def forget(self, run_id: str) -> None:
         """Drop the series of one video (its run_id label) from every metric that has them."""
-        for metric in (self.frames, self.chunks, self.fps, self.eta, self.checkpoint_seconds):
+        for metric in (self.frames, self.chunks, self.fps, self.eta, self.first_frame, self.checkpoint_seconds):
             with contextlib.suppress(KeyError):
                 metric.remove(run_id)
 

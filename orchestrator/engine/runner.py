@@ -69,6 +69,8 @@ def one_job(config: Config, run: RunFolder, progress: bool) -> Iterator[tuple[St
     with frame_progress(0, progress) as bar:
 
         def on_frames(frames: int) -> None:
+            if frames and not bar.n and job.first_frame_seconds is not None:
+                bar.write(f"first frame after {job.first_frame_seconds:.1f} s")
             bar.total = job.frames_total
             bar.update(frames - bar.n)
 

@@ -194,7 +194,8 @@ def apply_flags(config: Config, args: argparse.Namespace) -> Config:
 
 def report(result) -> None:
     share = result.checkpoint_seconds / result.seconds if result.seconds else 0.0
-    print(f"wrote {result.out} ({result.frames} frames in {result.seconds:.1f} s, run {result.run_id}; "
+    first = "" if result.first_frame_seconds is None else f"first frame after {result.first_frame_seconds:.1f} s; "
+    print(f"wrote {result.out} ({result.frames} frames in {result.seconds:.1f} s, run {result.run_id}; {first}"
           f"checkpoints {result.checkpoint_seconds:.1f} s = {share:.1%}; restarts {result.restarts})")
 
 

@@ -36,6 +36,7 @@ class GenerationResult:
     run_id: str = ""
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints (incl. closing segments)
     restarts: int = 0
+    first_frame_seconds: float | None = None  # from the start of this run (or resume) to its first frame
 
 
 def check_request(config: Config) -> None:
@@ -88,17 +89,17 @@ def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[
     made = made_segments(run, config, plan.size)
     try:
         if made is not None:  # every frame is in segments: only the outputs are left to write
-            out, restarts, checkpoint_seconds = write_outputs(config, run.segments, *made), 0, 0.0
+            out, restarts, checkpoint_seconds, first = write_outputs(config, run.segments, *made), 0, 0.0, None
         else:
             job, restarts = yield from video_steps(config, run, progress, backend_of, keep_chunks, on_tick)
-            out, checkpoint_seconds = job.out, job.checkpoint_seconds
+            out, checkpoint_seconds, first = job.out, job.checkpoint_seconds, job.first_frame_seconds
     except BaseException as err:
         state, reason = ending(err)
         run.set_status(state, None, plan.size.frames, config.output.out, reason)
         raise
     run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
     return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,
-                            restarts)
+                            restarts, first)
 
 
 def execute(run: RunFolder, config: Config, progress: bool, backend_of: BackendOf = build_backend

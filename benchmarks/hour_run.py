@@ -1,7 +1,9 @@
 """A one-hour video (86,400 frames at 24 fps) on the gaussian backend through the Ray pipeline, checkpoints on,
-killed once in the middle and resumed: exact frame count, flat memory, constant checkpoint size, time share.
+killed once in the middle and resumed (or, with --no-kill, made in one go): exact frame count, flat memory over
+every process of the run (the `pavdm` process and all it started: Ray's daemons, workers, stages and sink),
+constant checkpoint size, the share of time spent checkpointing.
 
-    python -m benchmarks.hour_run [--seconds 3600] [--fps 24] [--every-seconds 30] [--workdir /tmp/pavdm-hour]
+    python -m benchmarks.hour_run [--seconds 3600] [--fps 24] [--every-seconds 30] [--no-kill] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,16 +25,19 @@ import psutil
 RUN = "hour"
 
 
-def pipeline_processes(cli: psutil.Process | None) -> list[psutil.Process]:
-    procs = [cli] if cli is not None else []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("ray::Stage" in c or "ray::Sink" in c for c in (p.info["cmdline"] or [])):
-            procs.append(p)
-    return procs
+def run_processes(cli: psutil.Process | None) -> list[psutil.Process]:
+    """The `pavdm` process and every process it started (a Ray cluster of its own: raylet, gcs_server, workers)."""
+    if cli is None:
+        return []
+    try:
+        return [cli, *cli.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 class Monitor:
-    """Samples (frames written, total RSS of CLI + stages + sink, checkpoint sizes) once a second."""
+    """Samples (frames written, total RSS of the run's processes, RSS of its gcs_server, checkpoint sizes) once a
+    second."""
 
     def __init__(self, workdir: Path):
         self.workdir, self.samples, self.checkpoint_sizes = workdir, [], set()
@@ -47,13 +53,15 @@ class Monitor:
 
     def loop(self) -> None:
         while not self.stop.is_set():
-            rss = 0
-            for p in pipeline_processes(self.cli):
+            rss = gcs = 0
+            for p in run_processes(self.cli):
                 try:
-                    rss += p.memory_info().rss
+                    size = p.memory_info().rss
+                    rss += size
+                    gcs += size if p.name() == "gcs_server" else 0
                 except psutil.Error:
                     pass
-            self.samples.append((self.frames(), rss))
+            self.samples.append((self.frames(), rss, gcs))
             for path in (self.workdir / "runs" / RUN / "checkpoints").glob("ckpt-*.arrow"):
                 try:
                     self.checkpoint_sizes.add(path.stat().st_size)
@@ -71,7 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3600)
     parser.add_argument("--fps", type=float, default=24)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/pavdm-hour"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "pavdm-hour")
+    parser.add_argument("--no-kill", action="store_true", help="make the video in one go, without the kill")
     parser.add_argument("--every-seconds", type=float, default=30)
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -85,28 +94,35 @@ def main() -> None:
                    "pipeline.stages=2", "pipeline.num_cpus=0.5", "pipeline.halo=1", "metrics.port=0",
                    f"checkpoint.every_seconds={args.every_seconds}", "checkpoint.every_shifts=0")
     monitor.cli = psutil.Process(first.pid)
-    while monitor.frames() < total // 2 and first.poll() is None:
-        time.sleep(1)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    killed_at = monitor.frames()
-    second = launch(args, "resume", RUN, "--quiet", "metrics.port=0")
-    monitor.cli = psutil.Process(second.pid)
+    killed_at = None
+    if args.no_kill:
+        second = first
+    else:
+        while monitor.frames() < total // 2 and first.poll() is None:
+            time.sleep(1)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_at = monitor.frames()
+        second = launch(args, "resume", RUN, "--quiet", "metrics.port=0")
+        monitor.cli = psutil.Process(second.pid)
     out, err = second.communicate()
     wall = time.perf_counter() - started
     monitor.stop.set()
     monitor.thread.join()
     if second.returncode != 0:
-        sys.exit(f"resume failed: {err}")
+        sys.exit(f"the run failed: {err}")
     with av.open(str(args.workdir / "hour.mp4")) as container:
         frames = sum(1 for _ in container.demux(container.streams.video[0]) if _.size)
     quarter = [s for s in monitor.samples if s[0] < total / 4 and s[1]]
     last = [s for s in monitor.samples if s[0] >= 3 * total / 4 and s[1]]
-    first_peak, last_peak = max(r for _, r in quarter), max(r for _, r in last)
-    print(f"frames requested {total}, in the MP4 {frames}; killed at {killed_at} frames and resumed")
-    print(f"wall {wall / 60:.1f} min; resume run: {out.strip()}")
-    print(f"peak RSS (CLI + stages + sink): first quarter {first_peak / 2**20:.0f} MiB, last quarter "
-          f"{last_peak / 2**20:.0f} MiB, ratio {last_peak / first_peak:.3f}")
+    first_peak, last_peak = max(s[1] for s in quarter), max(s[1] for s in last)
+    first_gcs, last_gcs = max(s[2] for s in quarter), max(s[2] for s in last)
+    how = "made in one go" if killed_at is None else f"killed at {killed_at} frames and resumed"
+    print(f"frames requested {total}, in the MP4 {frames}; {how}")
+    print(f"wall {wall / 60:.1f} min; {'the' if killed_at is None else 'resume'} run: {out.strip()}")
+    print(f"peak RSS of all the run's processes: first quarter {first_peak / 2**20:.0f} MiB, last quarter "
+          f"{last_peak / 2**20:.0f} MiB, ratio {last_peak / first_peak:.3f}; gcs_server {first_gcs / 2**20:.0f} -> "
+          f"{last_gcs / 2**20:.0f} MiB")
     print(f"checkpoint file sizes seen: {sorted(monitor.checkpoint_sizes)} bytes")
 
 

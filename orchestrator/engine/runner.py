@@ -68,9 +68,13 @@ def one_job(config: Config, run: RunFolder, progress: bool) -> Iterator[tuple[St
     job = StreamJob(config, run)
     with frame_progress(0, progress) as bar:
 
+        announced = not progress
+
         def on_frames(frames: int) -> None:
-            if frames and not bar.n and job.first_frame_seconds is not None:
+            nonlocal announced
+            if not announced and job.first_frame_seconds is not None:
                 bar.write(f"first frame after {job.first_frame_seconds:.1f} s")
+                announced = True
             bar.total = job.frames_total
             bar.update(frames - bar.n)
 

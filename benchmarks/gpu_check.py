@@ -3,12 +3,13 @@
 # bash benchmarks/gpu_check.sh            # on the GPU machine: 1.3B shape, bf16, 544x960 video (68x120 latents)
 # bash benchmarks/gpu_check.sh --tiny     # CPU smoke test: 2 layers of width 32, 8x8 latents, float32
 #
-# The reference sampler (orchestrator.core.sampler.sample, what pipeline.stages=0 runs) drives SkyReelsBackend.velocity
-# over the paper's window (C=5, N=6, S=30, K=1) with guidance 1 and one random text embedding of the backend's
-# length; no VAE, no text encoder. The in-process executor (orchestrator.engine.local) is not used whole: its sink
-# imports PyAV, and its backend needs a saved model and a text encoder. Reported: the bare transformer forward per
-# window length (CUDA events, median after a warm-up), the sampler's frames/s for a short and a long video against
-# the sum of those forwards over the same calls, and peak GPU memory (weights included).
+# The reference sampler (orchestrator.core.sampler.sample, whose denoising the in-process executor's stage runs)
+# drives SkyReelsBackend.velocity over the paper's window (C=5, N=6, S=30, K=1) with guidance 1 and one random text
+# embedding of the backend's length; no VAE, no text encoder. The in-process executor (orchestrator.engine.local)
+# is not used whole: its sink imports PyAV, and its backend needs a saved model and a text encoder.
+# Reported: the bare transformer forward per window length (CUDA events, median after a warm-up), the sampler's
+# frames/s for a short and a long video against the sum of those forwards over the same calls, and peak GPU memory
+# (weights included).
 
 from __future__ import annotations
 

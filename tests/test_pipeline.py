@@ -14,7 +14,7 @@ from orchestrator.core.partition import Partition
 from orchestrator.core.sampler import NoiseSource, sample
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import plan_video
-from orchestrator.engine.ray_pipeline import Pipeline
+from orchestrator.engine.ray_pipeline import Pipeline, with_stage_cpus
 from orchestrator.engine.runner import run_video
 from orchestrator.entry.generate import GenerationResult, generate
 from orchestrator.state.outputs import read_latents
@@ -137,3 +137,11 @@ def test_subscriber_gets_frames_in_order_before_the_end(ray_cluster, tmp_path):
         pipeline.shutdown()
     assert received == list(range(96))
     assert first_at[0] < ended_at[0]
+
+
+def test_stages_share_the_free_cpus_unless_told(ray_cluster):
+    config = Config()
+    config.pipeline.stages = 2
+    assert with_stage_cpus(config).pipeline.num_cpus == 1.0  # 2 free CPUs, 2 stages
+    config.pipeline.num_cpus = 0.25
+    assert with_stage_cpus(config).pipeline.num_cpus == 0.25

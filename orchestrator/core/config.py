@@ -98,8 +98,9 @@ class PipelineConfig:
     pipeline.num_gpus > 0 or a cluster is named (pipeline.ray_address or RAY_ADDRESS), else process."""
     halo: Any = "all"
     """h: neighbouring chunks each band sees on each side, an integer >= 0 or 'all' (exact PA-VDM)."""
-    num_cpus: float = 1.0
-    """CPUs Ray reserves per stage actor; fractions allowed (e.g. 0.5 to fit several stages on a core)."""
+    num_cpus: float = 0.0
+    """CPUs Ray reserves per stage actor; fractions allowed (e.g. 0.5 to fit several stages on a core); 0 = an equal
+    share of the CPUs the cluster has free when the stages start, at most one node's worth."""
     num_gpus: float = 0.0
     """GPUs Ray reserves per stage actor; fractions allowed."""
     threads: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -46,6 +47,18 @@ def ray_session(cfg: PipelineConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def with_stage_cpus(config: Config) -> Config:
+    """The config with pipeline.num_cpus resolved: as given, or for 0 an equal share of the CPUs the cluster has
+    free, at most a node's worth (no reservation at all when none are free)."""
+    if config.pipeline.num_cpus:
+        return config
+    free = ray.available_resources().get("CPU", 0.0)
+    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
+    resolved = copy.deepcopy(config)
+    resolved.pipeline.num_cpus = min(free / config.pipeline.stages, largest)
+    return resolved
 
 
 def check_resources(cfg: PipelineConfig) -> None:
@@ -150,6 +163,7 @@ def run_on_ray(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: t
     when it goes). Returns the number of restarts."""
     restarts = 0
     with ray_session(config.pipeline):
+        config = with_stage_cpus(config)
         check_resources(config.pipeline)
         metrics.serve(config.metrics.host, config.metrics.port)
         try:

@@ -81,6 +81,11 @@ class VideoSink:
     def frames_written(self) -> int:
         return self.frames
 
+    def revise(self, config: Config, size: VideoSize, prompts: ChunkPrompts) -> None:
+        """The video was steered while it is made (new prompts from a later chunk, or an earlier end): the chunks
+        still to come are labelled, trimmed and saved by the new settings."""
+        self.config, self.size, self.prompts = config, size, prompts
+
     def write(self, m: int, latents: torch.Tensor) -> int:
         """Chunk m (must be the next one) [Ch, C, h, w]; returns the frames written so far."""
         if m != self.next_chunk:

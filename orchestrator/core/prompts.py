@@ -28,6 +28,17 @@ def split_entry(entry: str) -> tuple[float, str]:
     return start, text.strip()
 
 
+def timed_entry(start: float, text: str) -> str:
+    """The entry 'SECONDS:TEXT' that parses back to exactly (start, text): the time in its shortest exact form."""
+    return f"{start!r}:{text}"
+
+
+def with_prompt(entries: list[str], start: float, text: str) -> list[str]:
+    """A schedule's entries with `text` active from `start` until the next later entry (one at `start` replaced)."""
+    kept = [entry for entry in entries if split_entry(entry)[0] != start]
+    return sorted([*kept, timed_entry(start, text)], key=lambda entry: split_entry(entry)[0])
+
+
 @dataclass(frozen=True)
 class PromptSchedule:
     """Start times (seconds, ascending, the first 0) and their prompts."""

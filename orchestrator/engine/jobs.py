@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.core.config import Config
 from orchestrator.core.errors import UserError, ending
+from orchestrator.engine.steering import Steering
 from orchestrator.state.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class StreamJob:
     attempts: int = 0  # pipelines that died while carrying it
     written: int = 0  # frames written so far
     owner: str = ""  # whose video it is: the queue takes owners in turn
+    steering: Steering = field(default_factory=Steering)  # prompt changes and a stop asked while it is made
 
     @property
     def id(self) -> str:

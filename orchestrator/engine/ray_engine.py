@@ -26,6 +26,7 @@ from orchestrator.engine.jobs import JobQueue, StreamJob, conclude
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import Checkpointer, VideoPlan, begin, plan_video
 from orchestrator.engine.ray_errors import remote_cause, stage_died, unwrap_get
+from orchestrator.engine.steering import steer
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class Engine:
         peers: list[dict] = [{} for _ in self.pipeline.stages]  # ref -> None, an ordered set per stage
         ticks_now = {}
         for stream in streams:
+            self.steer(stream)
             tick = stream.last = stream.advance()
             final = stream.upcoming is None
             ticks_now[stream.job.id] = tick
@@ -228,6 +230,21 @@ class Engine:
                     raise
                 self.drop(stream, remote_cause(err))  # e.g. its output location is full: it fails alone
         return all(t.boundary for t in ticks_now.values())
+
+    def steer(self, stream: ActiveStream) -> None:
+        """Apply the prompt changes and the stop due before the stream's next tick (engine/steering.py)."""
+        job = stream.job
+        revision = steer(job.steering, job.config, job.run, stream.upcoming, stream.checkpointer.init_count,
+                         self.frames_of)
+        if revision is None:
+            return
+        stream.plan, job.frames_total = revision.plan, revision.plan.size.frames
+        stream.checkpointer.renew(job.config, revision.plan)
+        self.pipeline.sink.revise.remote(job.id, job.config, revision.plan.size, revision.plan.prompts)
+        if revision.remaining is not None:
+            stream.schedule, stream.upcoming = revision.remaining, next(revision.remaining, None)
+        if revision.change is not None:
+            self.metrics.prompt_changes.labels(job.id).inc()
 
     def checkpoint(self, stream: ActiveStream, tick: Tick) -> None:
         checkpointer, published = stream.checkpointer, self.states

@@ -22,6 +22,7 @@ from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import frame_progress
 from orchestrator.engine.ray_engine import Engine
 from orchestrator.engine.ray_errors import remote_cause, stage_died
+from orchestrator.engine.steering import Steering
 from orchestrator.state.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,10 @@ def run_jobs(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqd
 
 
 @contextlib.contextmanager
-def one_job(config: Config, run: RunFolder, progress: bool) -> Iterator[tuple[StreamJob, tqdm]]:
-    """The job of one video, with a frame progress bar that follows it."""
-    job = StreamJob(config, run)
+def one_job(config: Config, run: RunFolder, progress: bool, steering: Steering | None = None
+            ) -> Iterator[tuple[StreamJob, tqdm]]:
+    """The job of one video (steered by `steering`, if given), with a frame progress bar that follows it."""
+    job = StreamJob(config, run, steering=steering or Steering())
     with frame_progress(0, progress) as bar:
 
         def on_frames(frames: int) -> None:
@@ -156,9 +158,10 @@ def finished(job: StreamJob) -> StreamJob:
     return job
 
 
-def run_pipeline(config: Config, run: RunFolder, progress: bool) -> tuple[StreamJob, int]:
+def run_pipeline(config: Config, run: RunFolder, progress: bool, steering: Steering | None = None
+                 ) -> tuple[StreamJob, int]:
     """The CLI path: one job through run_jobs. Returns (the finished job, restarts)."""
-    with one_job(config, run, progress) as (job, bar):
+    with one_job(config, run, progress, steering) as (job, bar):
         restarts = run_jobs(config, JobQueue([job], closed=True), PipelineMetrics(run.run_id, config.pipeline.stages),
                             bar)
     return finished(job), restarts

@@ -83,6 +83,10 @@ def build_parser() -> Parser:
     gen.add_argument("--latents-out", metavar="FILE.arrow", help="also write every latent frame as Arrow IPC")
     gen.add_argument("--init-latents", metavar="FILE.arrow",
                      help="continue a video: its last chunks (from --latents-out) become the context")
+    gen.add_argument("--live", action="store_true",
+                     help="steer the video as it is made: every line on standard input becomes the prompt from the "
+                          "next chunk to enter the window; end of input or Ctrl-C ends it after the window drains "
+                          "(--seconds is then its longest length, default run.max_seconds)")
     gen.add_argument("--model", metavar="NAME|PATH",
                      help=f"model config name ({', '.join(model_names())}; default {DEFAULT_MODEL}) or a diffusers "
                           "model folder")
@@ -202,6 +206,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from orchestrator.entry.generate import generate
 
     config = apply_flags(load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL), args)
+    if args.live:
+        from orchestrator.entry.live import generate_live
+
+        if args.seconds is None:
+            config.seconds = config.run.max_seconds
+        report(generate_live(config, sys.stdin, progress=not args.quiet))
+        return 0
     report(generate(config, progress=not args.quiet))
     return 0
 

@@ -18,6 +18,7 @@ from orchestrator.core.prompts import PromptSchedule
 from orchestrator.core.schedule import Tick
 from orchestrator.engine.local import WrittenChunk, local_video, run_to_end
 from orchestrator.engine.plan import begin, frame_progress, plan_video
+from orchestrator.engine.steering import Steering
 from orchestrator.state import segments
 from orchestrator.state.outputs import check_writable, same_file
 from orchestrator.state.run_state import (
@@ -80,10 +81,11 @@ BackendOf = Callable[[ModelConfig], Backend]
 
 
 def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[[Tick], None] | None = None,
-              backend_of: BackendOf = build_backend) -> Generator[WrittenChunk, None, GenerationResult]:
+              backend_of: BackendOf = build_backend, steering: Steering | None = None
+              ) -> Generator[WrittenChunk, None, GenerationResult]:
     """Run (or continue) a run to completion, keeping its status file true. In process (pipeline.stages = 0) it
-    yields every chunk once written and on_tick hears of every tick; the Ray executor yields nothing. backend_of
-    gives the in-process model."""
+    yields every chunk once written and on_tick hears of every tick; the Ray executor yields nothing and takes
+    `steering` (prompt changes and a stop while it runs). backend_of gives the in-process model."""
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
     run.set_status("running", None, plan.size.frames, config.output.out)
@@ -101,12 +103,13 @@ def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[
         else:
             from orchestrator.engine.ray_pipeline import run_pipeline
 
-            job, restarts = run_pipeline(config, run, progress)
+            job, restarts = run_pipeline(config, run, progress, steering)
             out, checkpoint_seconds = job.out, job.checkpoint_seconds
     except BaseException as err:
         state, reason = ending(err)
         run.set_status(state, None, plan.size.frames, config.output.out, reason)
         raise
+    plan = plan_video(config, frame_count(config.model))  # a stop may have shortened it
     run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
     return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,
                             restarts)
@@ -128,22 +131,24 @@ def new_run(config: Config) -> RunFolder:
 
 
 def generation(config: Config, progress: bool = True, on_tick: Callable[[Tick], None] | None = None,
-               backend_of: BackendOf = build_backend) -> Generator[WrittenChunk, None, GenerationResult]:
+               backend_of: BackendOf = build_backend, steering: Steering | None = None
+               ) -> Generator[WrittenChunk, None, GenerationResult]:
     """generate(), yielding what execution() yields."""
     run = new_run(config)
     try:
-        return (yield from execution(run, config, progress, on_tick, backend_of))
+        return (yield from execution(run, config, progress, on_tick, backend_of, steering))
     except UserError:
         run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources): leave nothing
         raise
 
 
-def generate(config: Config, progress: bool = True) -> GenerationResult:
+def generate(config: Config, progress: bool = True, steering: Steering | None = None) -> GenerationResult:
     """Start a new run; its outputs appear under their final names only if it completes.
 
-    pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline.
+    pipeline.stages = 0 runs the reference sampler in this process; P >= 1 runs the Ray pipeline, which `steering`
+    may steer while it runs.
     """
-    return run_to_end(generation(config, progress))
+    return run_to_end(generation(config, progress, steering=steering))
 
 
 def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True, out: str | None = None,

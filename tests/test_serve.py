@@ -245,6 +245,9 @@ def test_a_live_video_follows_a_prompt_change_without_a_cut_and_stops_complete(c
     elsewhere = np.concatenate([changes[: around.start], changes[around.stop :]])
     red, green = frames[around.start - 1].astype(np.float32), frames[around.stop + 1].astype(np.float32)
     assert changes[around].max() < min(1.25 * elsewhere.max(), np.abs(green - red).mean())
+    metrics = requests.get(f"{server.base}/metrics").text
+    assert f'pavdm_prompt_changes_total{{run_id="{video.id}"}} 1.0' in metrics
+    assert f'pavdm_live_seconds{{run_id="{video.id}"}} {seconds}' in metrics
     assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"
 
 

@@ -125,6 +125,7 @@ def conclude(job: StreamJob, out: Path | None = None, error: BaseException | Non
     """Record how a job ended in its run folder and tell whoever waits for it (whose errors are logged, so
     that they never reach the pipeline)."""
     job.out, job.error = out, error
+    job.steering.end()
     if out is not None:
         job.run.set_status("completed", job.frames_total, job.frames_total, str(out))
     elif job.cancelled.is_set():

@@ -151,6 +151,8 @@ class Engine:
                     self.admit_all(queue.take(self.max_streams - len(self.active), wait=0 if self.active else 0.5))
                 for stream in [s for s in self.active.values() if s.job.cancelled.is_set()]:
                     self.drop(stream)
+                for stream in list(self.active.values()):
+                    self.steer(stream)
                 at_boundary = self.tick() if self.active else True
             self.clock.drain()
         except BaseException as err:
@@ -196,7 +198,6 @@ class Engine:
         peers: list[dict] = [{} for _ in self.pipeline.stages]  # ref -> None, an ordered set per stage
         ticks_now = {}
         for stream in streams:
-            self.steer(stream)
             tick = stream.last = stream.advance()
             final = stream.upcoming is None
             ticks_now[stream.job.id] = tick
@@ -232,10 +233,15 @@ class Engine:
         return all(t.boundary for t in ticks_now.values())
 
     def steer(self, stream: ActiveStream) -> None:
-        """Apply the prompt changes and the stop due before the stream's next tick (engine/steering.py)."""
+        """Apply the prompt changes and the stop due before the stream's next tick (engine/steering.py); a video
+        whose change cannot be recorded fails alone."""
         job = stream.job
-        revision = steer(job.steering, job.config, job.run, stream.upcoming, stream.checkpointer.init_count,
-                         self.frames_of)
+        try:
+            revision = steer(job.steering, job.config, job.run, stream.upcoming, stream.checkpointer.init_count,
+                             self.frames_of)
+        except Exception as err:
+            self.drop(stream, err)
+            return
         if revision is None:
             return
         stream.plan, job.frames_total = revision.plan, revision.plan.size.frames

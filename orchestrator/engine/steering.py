@@ -54,6 +54,16 @@ class Steering:
             asked, self.stop_asked = self.stop_asked, True
             return not asked
 
+    def end(self) -> None:
+        """The video left the pipeline: what is still waiting cannot take effect."""
+        with self.lock:
+            while self.changes:
+                change = self.changes.popleft()
+                change.refused = "the video ended before a chunk could take it"
+                change.done.set()
+            self.stop_asked = True
+        self.stopped.set()
+
     @property
     def pending(self) -> bool:
         return bool(self.changes) or (self.stop_asked and not self.stopped.is_set())

@@ -164,7 +164,9 @@ def build_parser() -> Parser:
         help="serve the video API (OpenAI-shaped) on Ray Serve",
         description="Start the Ray Serve application orchestrator.entry.serving.app:app locally (or on RAY_ADDRESS): "
                     "POST/GET/DELETE /v1/videos, /v1/videos/{id}/content, /v1/videos/{id}/stream (fragmented "
-                    "MP4 while it is made), POST /v1/videos/extensions, /metrics. serve.keys_file (tenants, their key "
+                    "MP4 while it is made), POST /v1/videos/extensions, POST /v1/videos/{id}/prompt and /stop "
+                    "(steer a video in progress, or one created with live: true), /metrics. serve.keys_file (tenants, "
+                    "their key "
                     "hashes and quotas) or PAVDM_API_KEY (one key) requires a bearer token; each tenant sees only its "
                     "own videos. Videos live in --root and survive restarts; SIGTERM checkpoints them and exits.",
     )

@@ -122,6 +122,8 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
         (dict(json={"prompt": "a red circle", "colour": "red"}), 400, "unsupported"),
         (dict(json={"prompt": "a red circle", "seed": -1}), 400, "seed must be a whole number in 0.."),
         (dict(json={"prompt": "a red circle", "seed": 1.9}), 400, "seed must be a whole number in 0.."),
+        (dict(json={"prompt": "a red circle", "live": "maybe"}), 400, "live must be true or false"),
+        (dict(json={"prompt": "a red circle", "live": True, "seconds": 4}), 400, "a live video has no seconds"),
     ]
     for kwargs, status, words in cases:
         kwargs["headers"] = kwargs.get("headers", auth)

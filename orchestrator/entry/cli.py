@@ -103,6 +103,8 @@ def build_parser() -> Parser:
     res.add_argument("--out", metavar="FILE.mp4", help="write the MP4 here instead of where the run was told")
     res.add_argument("--latents-out", metavar="FILE.arrow",
                      help="write the latents here instead (for a run that writes latents)")
+    res.add_argument("--live", action="store_true",
+                     help="steer it as it is made, as generate --live does, from where it stands")
     add_common_options(res)
 
     trn = commands.add_parser(
@@ -209,11 +211,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = apply_flags(load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL), args)
     if args.live:
-        from orchestrator.entry.live import generate_live
+        from orchestrator.entry.live import run_steered
 
         if args.seconds is None:
             config.seconds = config.run.max_seconds
-        report(generate_live(config, sys.stdin, progress=not args.quiet))
+        report(run_steered(lambda steering: generate(config, not args.quiet, steering), sys.stdin))
         return 0
     report(generate(config, progress=not args.quiet))
     return 0
@@ -222,8 +224,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     from orchestrator.entry.generate import resume
 
-    report(resume(args.run, args.root, args.overrides, progress=not args.quiet, out=args.out,
-                  latents_out=args.latents_out))
+    def resumed(steering=None):
+        return resume(args.run, args.root, args.overrides, progress=not args.quiet, out=args.out,
+                      latents_out=args.latents_out, steering=steering)
+
+    if args.live:
+        from orchestrator.entry.live import run_steered
+
+        report(run_steered(resumed, sys.stdin))
+        return 0
+    report(resumed())
     return 0
 
 

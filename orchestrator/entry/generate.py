@@ -86,6 +86,8 @@ def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[
     """Run (or continue) a run to completion, keeping its status file true. In process (pipeline.stages = 0) it
     yields every chunk once written and on_tick hears of every tick; the Ray executor yields nothing and takes
     `steering` (prompt changes and a stop while it runs). backend_of gives the in-process model."""
+    if steering is not None and config.pipeline.stages == 0:
+        raise UserError("steering a video needs the pipeline's executor: pipeline.stages must be >= 1")
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
     run.set_status("running", None, plan.size.frames, config.output.out)
@@ -115,10 +117,10 @@ def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[
                             restarts)
 
 
-def execute(run: RunFolder, config: Config, progress: bool, backend_of: BackendOf = build_backend
-            ) -> GenerationResult:
+def execute(run: RunFolder, config: Config, progress: bool, backend_of: BackendOf = build_backend,
+            steering: Steering | None = None) -> GenerationResult:
     """Run (or continue) a run to completion, keeping its status file true."""
-    return run_to_end(execution(run, config, progress, backend_of=backend_of))
+    return run_to_end(execution(run, config, progress, backend_of=backend_of, steering=steering))
 
 
 def new_run(config: Config) -> RunFolder:
@@ -152,9 +154,10 @@ def generate(config: Config, progress: bool = True, steering: Steering | None = 
 
 
 def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True, out: str | None = None,
-           latents_out: str | None = None, backend_of: BackendOf = build_backend) -> GenerationResult:
+           latents_out: str | None = None, backend_of: BackendOf = build_backend, steering: Steering | None = None
+           ) -> GenerationResult:
     """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video. `out`
-    and `latents_out` move its outputs (the latents only where the run writes them)."""
+    and `latents_out` move its outputs (the latents only where the run writes them); `steering` steers it."""
     run = RunFolder.find(run_ref, root)
     saved = run.load_config()
     config = apply_overrides(saved, overrides)
@@ -172,4 +175,4 @@ def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True,
         raise UserError(f"run {run.run_id} is already complete: {status.out}")
     check_request(config)
     run.save_config(config)
-    return execute(run, config, progress, backend_of)
+    return execute(run, config, progress, backend_of, steering)

@@ -1,4 +1,5 @@
-"""`pavdm generate --live`: prompts read from standard input steer the video until the input ends or Ctrl-C."""
+"""`pavdm generate --live` and `resume --live`: prompts read from standard input steer the video until the input ends
+or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,28 +7,24 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
-from orchestrator.core.config import Config
-from orchestrator.core.errors import UserError
 from orchestrator.core.prompts import MAX_PROMPT_CHARS
 from orchestrator.engine.steering import Steering
-from orchestrator.entry.generate import GenerationResult, generate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def generate_live(config: Config, lines: Iterable[str], progress: bool = True) -> GenerationResult:
-    """A new video of at most config.seconds whose prompt becomes each line of `lines` in turn, from the next chunk
-    to enter the window; the end of `lines`, or Ctrl-C, ends it after the chunks in the window drain (a second Ctrl-C
-    interrupts it, resumable)."""
-    if config.pipeline.stages == 0:
-        raise UserError("--live runs on the pipeline's executor: pipeline.stages must be >= 1")
+def run_steered(make: Callable[[Steering], T], lines: Iterable[str]) -> T:
+    """`make` a video steered by `lines`: each becomes the prompt from the next chunk to enter the window; their
+    end, or Ctrl-C, ends the video after the chunks in the window drain (a second Ctrl-C interrupts it, resumable)."""
     steering = Steering()
     previous = signal.signal(signal.SIGINT, stop_on_interrupt(steering))
     threading.Thread(target=feed, args=(lines, steering), name="pavdm-live-input", daemon=True).start()
     try:
-        return generate(config, progress, steering)
+        return make(steering)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -268,12 +268,14 @@ class VideoService:
         return job.steering.change_prompt(prompt)
 
     def stop_video(self, video_id: str, tenant: Tenant) -> StreamJob:
-        """Ask for the end after the chunks in the window drain (recorded, so that a restart keeps it)."""
-        record, job = self.in_progress(video_id, tenant)
-        if record.stopped or not job.steering.stop():
-            raise ApiError(409, "the video is already stopping", "video_id", "video_stopping")
-        record.stopped = True
-        self.save(record)
+        """Ask for the end after the chunks in the window drain (recorded, so that a restart keeps it). Under the
+        lock, so that the record saved here is never one that ended() has since completed."""
+        with self.lock:
+            record, job = self.in_progress(video_id, tenant)
+            if record.stopped or not job.steering.stop():
+                raise ApiError(409, "the video is already stopping", "video_id", "video_stopping")
+            record.stopped = True
+            self.save(record)
         return job
 
     def ended(self, job: StreamJob) -> None:

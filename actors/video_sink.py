@@ -96,7 +96,7 @@ class VideoSink:
         if self.mp4 is None:
             self._open_segments(latents)
         if self.latents is not None:
-            self.latents.write(latents, self.prompts.of(m))
+            self.latents.write(latents, self.prompts.label(m))
         rgb = self.decoder.decode(latents)[: self.size.frames - self.frames]  # [f, H, W, 3]
         self.mp4.write(enlarge(rgb, self.config.output.scale))  # [f, H*scale, W*scale, 3]
         first, self.frames, self.latent_frames = self.frames, self.frames + len(rgb), self.latent_frames + keep

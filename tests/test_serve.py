@@ -214,7 +214,8 @@ def test_a_live_video_follows_a_prompt_change_without_a_cut_and_stops_complete(c
     url = f"{server.base}/v1/videos/{video.id}"
     video = wait_seconds(client, video, 4)
     for body, status, words in [({"prompt": ""}, 400, "non-empty"), ({"prompt": "x" * 10_000_000}, 413, "larger"),
-                                ({"prompt": "a green square", "transition_seconds": 2}, 400, "transition_seconds"),
+                                ({"prompt": "a green square", "transition_seconds": -1}, 400, "transition_seconds"),
+                                ({"prompt": "a green square", "transition_seconds": "nan"}, 400, "transition_seconds"),
                                 ({"prompt": "a green square", "colour": "green"}, 400, "unsupported")]:
         response = requests.post(f"{url}/prompt", headers=server.headers, json=body, timeout=60)
         assert response.status_code == status and words in response.json()["error"]["message"], response.text
@@ -222,8 +223,9 @@ def test_a_live_video_follows_a_prompt_change_without_a_cut_and_stops_complete(c
     assert changed.status_code == 200, changed.text
     schedule = changed.json()["prompt_schedule"]
     switch = schedule[-1]["seconds"]  # the start of the first chunk to enter after the change
-    assert schedule == [{"seconds": 0, "prompt": "a red circle bouncing"},
-                        {"seconds": switch, "prompt": "a green square bouncing"}] and switch >= 4
+    assert schedule == [{"seconds": 0, "prompt": "a red circle bouncing", "transition_seconds": 0},
+                        {"seconds": switch, "prompt": "a green square bouncing", "transition_seconds": 0}]
+    assert switch >= 4
     again = requests.post(f"{url}/prompt", headers=server.headers, json={"prompt": "a blue circle"})
     assert again.status_code == 429 and again.headers["retry-after"]  # serve.max_prompt_changes_per_minute=1
 

@@ -1,5 +1,5 @@
-"""Stopping `pavdm serve` while a live video runs, after a prompt change, and starting it again: the video continues
-with the change, and equals what `pavdm generate` makes of the schedule it recorded."""
+"""Stopping `pavdm serve` while a live video runs, after a prompt change (with a transition), and starting it again:
+the video continues with the change, and equals what `pavdm generate` makes of the schedule it recorded."""
 
 import os
 import time
@@ -36,9 +36,10 @@ def test_restart_continues_a_live_video_with_its_prompt_change(tmp_path):
                                  json={"prompt": "a magenta circle bouncing", "live": True, "seed": 11}).json()["id"]
         wait_seconds(server, video_id, 1)
         changed = requests.post(f"{server.base}/v1/videos/{video_id}/prompt", headers=server.headers,
-                                json={"prompt": "a yellow square bouncing"})
+                                json={"prompt": "a yellow square bouncing", "transition_seconds": 1})
         assert changed.status_code == 200, changed.text
         schedule = changed.json()["prompt_schedule"]
+        assert [entry["transition_seconds"] for entry in schedule] == [0, 1]
         made_before = float(wait_seconds(server, video_id, 2)["seconds"])
     finally:
         server.stop()

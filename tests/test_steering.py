@@ -1,15 +1,17 @@
-"""Steering a video while it is made, without a pipeline: prompt changes land on the next chunk to enter, a stop ends
-the video with the last chunk that entered, the record remakes the same ticks, and checkpoints from before a change
-still resume."""
+"""Steering a video while it is made, without a pipeline: prompt changes land on the next chunk to enter (at once or
+blended over a transition), a stop ends the video with the last chunk that entered, the record remakes the same
+ticks, and checkpoints from before a change still resume."""
 
 import dataclasses
 
 import pytest
 import torch
 
+from actors.backends.base import PromptEncodings
 from orchestrator.core.config import Config
 from orchestrator.core.errors import UserError
 from orchestrator.core.frames import FrameCount
+from orchestrator.core.prompts import Blend, PromptSchedule, split_entry, timed_entry
 from orchestrator.core.sampler import Window
 from orchestrator.core.schedule import ticks
 from orchestrator.engine.jobs import StreamJob
@@ -97,3 +99,41 @@ def test_a_checkpoint_from_before_a_change_resumes_and_one_it_contradicts_is_ref
     plan = plan_video(reseeded, FRAMES)
     with pytest.raises(UserError, match="different video settings: seconds, seed"):
         start_from(checkpoint, reseeded, plan.prompts, plan.num_chunks)
+
+
+def test_a_transition_blends_the_two_prompts_chunk_by_chunk_and_is_recorded(tmp_path):
+    prompts = plan_video(Config(prompts=["a red circle", "1.25+1.25:a green square"], seconds=4.0, fps=8.0),
+                         FRAMES).prompts  # chunks of 5 frames: chunk m starts at 0.625 m s
+    assert [prompts.of(m) for m in range(1, 5)] == [
+        "a red circle", "a red circle", Blend("a red circle", "a green square", 0.5), "a green square"]
+    assert prompts.label(3) == "a red circle -> a green square (0.500)"
+    assert split_entry(timed_entry(1 / 3, "a green square", 0.1)) == (1 / 3, "a green square", 0.1)
+    with pytest.raises(UserError, match="no transition"):
+        PromptSchedule.parse(["0+2:a red circle"])
+    job = live_job(tmp_path)
+    first = job.steering.change_prompt("a blue circle", 0.75)  # before the first chunk: nothing to blend from
+    later = []
+    drive(job, {10: lambda: (later.append(job.steering.change_prompt("a green square", 0.75)), job.steering.stop())})
+    assert job.run.load_config().prompts == ["0.0:a blue circle", "1.5+0.75:a green square"]
+    assert (first.chunk, later[0].chunk) == (0, 4)
+
+
+class Halves:
+    """A backend whose conditioning is the prompt's length, blended linearly: to see which encodings are asked."""
+
+    def __init__(self):
+        self.encoded = []
+
+    def encode_prompt(self, text: str) -> float:
+        self.encoded.append(text)
+        return float(len(text))
+
+    def blend_conds(self, before: float, after: float, weight: float) -> float:
+        return before + weight * (after - before)
+
+
+def test_prompt_encodings_blend_the_encodings_of_both_prompts_once():
+    backend = Halves()
+    encodings = PromptEncodings(backend)
+    assert encodings.get(Blend("ab", "abcdef", 0.25)) == 3.0 and encodings.get("ab") == 2.0
+    assert encodings.get(Blend("ab", "abcdef", 0.25)) == 3.0 and backend.encoded == ["ab", "abcdef"]

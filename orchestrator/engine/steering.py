@@ -21,6 +21,7 @@ class PromptChange:
     """One asked prompt change; `done` is set once the executor has recorded it in the run (or refused it)."""
 
     text: str
+    transition: float = 0.0  # seconds over which the new prompt takes over from the one before
     done: threading.Event = field(default_factory=threading.Event)
     chunk: int | None = None  # the first chunk it conditions
     seconds: float | None = None  # when that chunk's first frame is shown: its start in the prompt schedule
@@ -38,8 +39,8 @@ class Steering:
         self.stopped = threading.Event()  # set once the stop is recorded: no chunk enters after it
         self.last_chunk = -1  # the chunk the last applied change took effect at
 
-    def change_prompt(self, text: str) -> PromptChange:
-        change = PromptChange(text)
+    def change_prompt(self, text: str, transition: float = 0.0) -> PromptChange:
+        change = PromptChange(text, transition)
         with self.lock:
             if self.stop_asked:
                 change.refused = "the video is stopping"
@@ -107,7 +108,7 @@ def steer(steering: Steering, config: Config, run: RunFolder, upcoming: Tick, in
                 return None  # one change per chunk: the next waits for the next chunk
             change = steering.changes.popleft()
             change.chunk, change.seconds = chunk, plan.prompts.start_seconds(chunk)
-            config.prompts = with_prompt(config.prompts, change.seconds, change.text)
+            config.prompts = with_prompt(config.prompts, change.seconds, change.text, change.transition)
             steering.last_chunk = chunk
             run.save_config(config)
             change.done.set()

@@ -30,14 +30,18 @@ def run_steered(make: Callable[[Steering], T], lines: Iterable[str]) -> T:
 
 
 def feed(lines: Iterable[str], steering: Steering) -> None:
-    """Each non-empty line a prompt change; at the end, the stop."""
-    for line in lines:
-        text = line.strip()
-        if len(text) > MAX_PROMPT_CHARS:
-            log.warning("prompt of %d characters ignored: at most %d", len(text), MAX_PROMPT_CHARS)
-        elif text:
-            steering.change_prompt(text)
-    steering.stop()
+    """Each non-empty line a prompt change; at the end, the stop (also when the input cannot be read)."""
+    try:
+        for line in lines:
+            text = line.strip()
+            if len(text) > MAX_PROMPT_CHARS:
+                log.warning("prompt of %d characters ignored: at most %d", len(text), MAX_PROMPT_CHARS)
+            elif text:
+                steering.change_prompt(text)
+    except (OSError, ValueError) as err:  # closed or unreadable input
+        log.warning("standard input ends here: %s", err)
+    finally:
+        steering.stop()
 
 
 def stop_on_interrupt(steering: Steering):

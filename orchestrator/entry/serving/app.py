@@ -189,8 +189,8 @@ class VideoAPI:
     @api.post("/v1/videos/{video_id}/prompt")
     async def change_prompt(self, request: Request, video_id: str) -> dict:
         """A new prompt from the next chunk to enter the window; answers once it is in the video's schedule."""
-        prompt = self.checker.prompt_change(await read_fields(request, self.limit))
-        change = self.service.change_prompt(check_id(video_id), prompt, request.state.tenant)
+        prompt, transition = self.checker.prompt_change(await read_fields(request, self.limit))
+        change = self.service.change_prompt(check_id(video_id), prompt, transition, request.state.tenant)
         await asyncio.to_thread(change.done.wait, RECORDED_WITHIN)
         if change.refused:
             raise ApiError(409, f"the prompt cannot change: {change.refused}", "video_id", "video_not_in_progress")

@@ -38,6 +38,7 @@ class ChangeRate:
 
 
 def shown_schedule(entries: list[str]) -> list[dict]:
-    """A prompt schedule as the video object shows it: [{"seconds", "prompt"}], in order of time."""
+    """A prompt schedule as the video object shows it: [{"seconds", "prompt", "transition_seconds"}], in order of
+    time."""
     timed = sorted(split_entry(entry) for entry in entries)
-    return [{"seconds": start, "prompt": text} for start, text in timed]
+    return [{"seconds": start, "prompt": text, "transition_seconds": transition} for start, text, transition in timed]

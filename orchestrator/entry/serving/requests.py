@@ -109,19 +109,20 @@ class RequestChecker:
         return VideoRequest(self.prompt(fields), seconds, self.size_of(fields), self.model_of(fields),
                             self.seed(fields), live=live)
 
-    def prompt_change(self, fields: dict) -> str:
-        """The new prompt of a video in progress; transitions (a blend of the two prompts) are not available."""
+    def prompt_change(self, fields: dict) -> tuple[str, float]:
+        """The new prompt of a video in progress and the seconds over which it takes over (0: at once), within
+        serve.max_seconds."""
         self.only(fields, {"prompt", "transition_seconds"})
-        transition = fields.get("transition_seconds", 0)
+        value = fields.get("transition_seconds", 0)
         try:
-            transition = float(transition)
+            transition = float(value)
         except (TypeError, ValueError):
-            raise ApiError(400, f"transition_seconds must be a number, got {str(transition)[:40]!r}",
+            raise ApiError(400, f"transition_seconds must be a number, got {str(value)[:40]!r}",
                            "transition_seconds") from None
-        if transition != 0:
-            raise ApiError(400, "transition_seconds must be 0: the new prompt conditions every chunk from the next "
-                                "one to enter the window (a blend of the two is not available)", "transition_seconds")
-        return self.prompt(fields)
+        if not 0 <= transition <= self.limits.max_seconds:
+            raise ApiError(400, f"transition_seconds must be in 0..{self.limits.max_seconds:g} (serve.max_seconds), "
+                                f"got {str(value)[:40]}", "transition_seconds")
+        return self.prompt(fields), transition
 
     @staticmethod
     def flag(fields: dict, name: str) -> bool:

@@ -259,13 +259,14 @@ class VideoService:
             raise ApiError(409, f"the video {reason}", "video_id", "video_not_in_progress")
         return record, job
 
-    def change_prompt(self, video_id: str, prompt: str, tenant: Tenant) -> PromptChange:
-        """Ask for a new prompt from the next chunk to enter (within serve.max_prompt_changes_per_minute)."""
+    def change_prompt(self, video_id: str, prompt: str, transition: float, tenant: Tenant) -> PromptChange:
+        """Ask for a new prompt from the next chunk to enter, reached over `transition` seconds (within
+        serve.max_prompt_changes_per_minute)."""
         record, job = self.in_progress(video_id, tenant)
         if record.stopped:
             raise ApiError(409, "the video is stopping", "video_id", "video_stopping")
         self.change_rate.admit(video_id)
-        return job.steering.change_prompt(prompt)
+        return job.steering.change_prompt(prompt, transition)
 
     def stop_video(self, video_id: str, tenant: Tenant) -> StreamJob:
         """Ask for the end after the chunks in the window drain (recorded, so that a restart keeps it). Under the

@@ -35,6 +35,13 @@ VIDEO_IN_PATH = re.compile(r"video_[0-9a-f]{32}")
 RECORDED_WITHIN = 30.0  # seconds a steering request waits for the pipeline to record it (it does so between ticks)
 
 
+async def recorded(done: threading.Event, within: float = RECORDED_WITHIN, poll: float = 0.05) -> None:
+    """Wait until the pipeline has recorded a steering request, or `within` seconds, holding no thread meanwhile."""
+    deadline = time.monotonic() + within
+    while not done.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(poll)
+
+
 def settings_from_env() -> dict:
     """The service's settings from PAVDM_RUNS, PAVDM_MODEL and PAVDM_OVERRIDES (the token is read by the
     replica itself, so that it never appears in the Serve config)."""
@@ -191,7 +198,7 @@ class VideoAPI:
         """A new prompt from the next chunk to enter the window; answers once it is in the video's schedule."""
         prompt, transition = self.checker.prompt_change(await read_fields(request, self.limit))
         change = self.service.change_prompt(check_id(video_id), prompt, transition, request.state.tenant)
-        await asyncio.to_thread(change.done.wait, RECORDED_WITHIN)
+        await recorded(change.done)
         if change.refused:
             raise ApiError(409, f"the prompt cannot change: {change.refused}", "video_id", "video_not_in_progress")
         return self.service.describe(self.service.record(video_id))
@@ -200,7 +207,7 @@ class VideoAPI:
     async def stop_video(self, request: Request, video_id: str) -> dict:
         """End the video after the chunks in the window drain; answers once the end is recorded."""
         job = self.service.stop_video(check_id(video_id), request.state.tenant)
-        await asyncio.to_thread(job.steering.stopped.wait, RECORDED_WITHIN)
+        await recorded(job.steering.stopped)
         return self.service.describe(self.service.record(video_id))
 
     @api.get("/v1/videos/{video_id}/content")

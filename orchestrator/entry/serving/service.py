@@ -284,10 +284,10 @@ class VideoService:
         under the lock, so that a DELETE sees the video either live or finished."""
         with self.lock:
             self.live.pop(job.id, None)
+            self.change_rate.forget(job.id)
             if job.cancelled.is_set():
                 shutil.rmtree(self.folder(job.id), ignore_errors=True)
                 return
-            self.change_rate.forget(job.id)
             record = self.record(job.id)
             if job.out is None:
                 record.error = one_line(job.error) or "generation failed"

@@ -37,6 +37,10 @@ class Sink:
             self.codec, self.codec_key = build_codec(config.model), key
         self.videos[stream] = VideoSink(config, self.codec, size, prompts, Path(workdir), resume)
 
+    def revise(self, stream: str, config: Config, size: VideoSize, prompts: ChunkPrompts) -> None:
+        """New settings of a stream steered while it is made; they apply to the chunks written after this call."""
+        self.videos[stream].revise(config, size, prompts)
+
     def save_checkpoint(self, stream: str, uri: str, keep: int, next_tick: int, meta: dict,
                         *published: dict[str, Window]) -> int:
         """Close the stream's open segments, then write one checkpoint of its window (the stages' published

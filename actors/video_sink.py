@@ -81,6 +81,11 @@ class VideoSink:
     def frames_written(self) -> int:
         return self.frames
 
+    def revise(self, config: Config, size: VideoSize, prompts: ChunkPrompts) -> None:
+        """The video was steered while it is made (new prompts from a later chunk, or an earlier end): the chunks
+        still to come are labelled, trimmed and saved by the new settings."""
+        self.config, self.size, self.prompts = config, size, prompts
+
     def write(self, m: int, latents: torch.Tensor) -> int:
         """Chunk m (must be the next one) [Ch, C, h, w]; returns the frames written so far."""
         if m != self.next_chunk:
@@ -91,7 +96,7 @@ class VideoSink:
         if self.mp4 is None:
             self._open_segments(latents)
         if self.latents is not None:
-            self.latents.write(latents, self.prompts.of(m))
+            self.latents.write(latents, self.prompts.label(m))
         rgb = self.decoder.decode(latents)[: self.size.frames - self.frames]  # [f, H, W, 3]
         self.mp4.write(enlarge(rgb, self.config.output.scale))  # [f, H*scale, W*scale, 3]
         first, self.frames, self.latent_frames = self.frames, self.frames + len(rgb), self.latent_frames + keep

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pytest
 from conftest import probe_mp4
 
+from orchestrator.core.config import from_yaml
+from orchestrator.core.prompts import split_entry
 from orchestrator.entry.cli import main
 from orchestrator.state.outputs import read_latents
 from tests.tiny_models import MICRO_TRAINING
@@ -169,6 +171,23 @@ def test_prompt_schedule_switches_the_conditioning_at_its_time(tmp_path):
     prompts = pa.ipc.open_file(str(latents)).read_all().column("prompt").to_pylist()
     # chunks of 5 frames at 8 fps: chunk 4 (frames 20-24) is the first to start at or after 2 s
     assert prompts == ["a red circle"] * 20 + ["a green square"] * 12
+
+
+def test_live_video_takes_its_prompts_from_a_pipe_and_ends_with_the_input(tmp_path):
+    """Each line becomes the prompt from the next chunk to enter (one chunk each); the end of input stops it after
+    the window drains, with a complete MP4 whose saved schedule records both."""
+    lines = ["a red circle bouncing", "a green square bouncing"]
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.entry.cli", "generate", "--live", *GAUSSIAN[:-1], "--out", "live.mp4",
+         "--latents-out", "live.arrow", "metrics.port=0", "pipeline.num_cpus=0.5"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    saved = from_yaml((tmp_path / "live.config.yaml").read_text())
+    assert [split_entry(entry)[1] for entry in saved.prompts][-2:] == lines
+    frames = round(saved.seconds * saved.fps)
+    assert probe_mp4(tmp_path / "live.mp4")[0] == frames and frames % 5 == 0  # whole chunks of 5 frames
+    prompts = pa.ipc.open_file(str(tmp_path / "live.arrow")).read_all().column("prompt").to_pylist()
+    assert prompts[-5:] == [lines[1]] * 5 and prompts[-10:-5] == [lines[0]] * 5  # the last two chunks, in turn
 
 
 def test_train_prints_both_losses_with_still_steps(tmp_path, capsys):

@@ -16,14 +16,17 @@ from test_executors import frames_of
 
 from benchmarks.cli_process import cli
 from benchmarks.serve_process import API_KEY, Server
+from training.world.probe import frame_changes, segment
 
 FPS = 8
+WINDOW = 4 * 3 / FPS  # seconds of video in the tiny model's window: N = 4 chunks of C = 3 frames
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve") / "runs"
-    server = Server(root, ["pipeline.max_streams=4", "serve.max_queued=6", "serve.max_seconds=60"])
+    server = Server(root, ["pipeline.max_streams=4", "serve.max_queued=6", "serve.max_seconds=60",
+                           "serve.max_live_seconds=60", "serve.max_prompt_changes_per_minute=1"])
     yield server
     server.stop()
 
@@ -137,6 +140,8 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(server):
         (dict(json={"prompt": "a red circle", "colour": "red"}), 400, "unsupported"),
         (dict(json={"prompt": "a red circle", "seed": -1}), 400, "seed must be a whole number in 0.."),
         (dict(json={"prompt": "a red circle", "seed": 1.9}), 400, "seed must be a whole number in 0.."),
+        (dict(json={"prompt": "a red circle", "live": "maybe"}), 400, "live must be true or false"),
+        (dict(json={"prompt": "a red circle", "live": True, "seconds": 4}), 400, "a live video has no seconds"),
     ]
     for kwargs, status, words in cases:
         kwargs["headers"] = kwargs.get("headers", auth)
@@ -194,3 +199,94 @@ def test_deleting_a_video_in_progress_frees_the_pipeline(server):
     assert server.wait_status(ratio["id"], timeout=120)["status"] == "completed"  # a prompt, not a schedule
     assert requests.get(f"{url}/{long['id']}", headers=auth).status_code == 404
     assert not (server.root / long["id"]).exists()
+
+
+def wait_seconds(client, video, seconds: float, timeout: float = 300):
+    """Poll a live video until `seconds` of it are made."""
+    deadline = time.time() + timeout
+    while float(video.seconds) < seconds:
+        assert video.status == "in_progress" or float(video.seconds) == 0 and video.status == "queued", video
+        assert time.time() < deadline, video
+        time.sleep(0.2)
+        video = client.videos.retrieve(video.id)
+    return video
+
+
+def model_frames(mp4: bytes) -> np.ndarray:
+    """The frames of a tiny-model MP4 back at the model's size: [T, 32, 32, 3] (each 8x8 block averaged)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    return frames.reshape(len(frames), 32, 8, 32, 8, 3).mean((2, 4)).round().astype(np.uint8)
+
+
+def colour_presence(frames: np.ndarray, colour: str, start: float, end: float) -> float:
+    """Fraction of the frames in [start, end) s in which the probe finds a blob of `colour`."""
+    return float(np.mean([any(blob.colour == colour for blob in segment(frame))
+                          for frame in frames[round(start * FPS) : round(end * FPS)]]))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_live_video_follows_a_prompt_change_without_a_cut_and_stops_complete(client, server):
+    video = client.videos.create(prompt="a red circle bouncing", extra_body={"live": True, "seed": 3})
+    assert video.model_extra["live"] and video.seconds == "0"
+    url = f"{server.base}/v1/videos/{video.id}"
+    video = wait_seconds(client, video, 4)
+    for body, status, words in [({"prompt": ""}, 400, "non-empty"), ({"prompt": "x" * 10_000_000}, 413, "larger"),
+                                ({"prompt": "a green square", "transition_seconds": -1}, 400, "transition_seconds"),
+                                ({"prompt": "a green square", "transition_seconds": "nan"}, 400, "transition_seconds"),
+                                ({"prompt": "a green square", "colour": "green"}, 400, "unsupported")]:
+        response = requests.post(f"{url}/prompt", headers=server.headers, json=body, timeout=60)
+        assert response.status_code == status and words in response.json()["error"]["message"], response.text
+    changed = requests.post(f"{url}/prompt", headers=server.headers, json={"prompt": "a green square bouncing"})
+    assert changed.status_code == 200, changed.text
+    schedule = changed.json()["prompt_schedule"]
+    switch = schedule[-1]["seconds"]  # the start of the first chunk to enter after the change
+    assert schedule == [{"seconds": 0, "prompt": "a red circle bouncing", "transition_seconds": 0},
+                        {"seconds": switch, "prompt": "a green square bouncing", "transition_seconds": 0}]
+    assert switch >= 4
+    again = requests.post(f"{url}/prompt", headers=server.headers, json={"prompt": "a blue circle"})
+    assert again.status_code == 429 and again.headers["retry-after"]  # serve.max_prompt_changes_per_minute=1
+
+    wait_seconds(client, video, 12)
+    assert requests.post(f"{url}/stop", headers=server.headers).status_code == 200
+    assert requests.post(f"{url}/stop", headers=server.headers).status_code == 409
+    assert requests.post(f"{url}/prompt", headers=server.headers, json={"prompt": "a blue circle"}).status_code == 409
+    video = poll(client, video)
+    assert video.status == "completed" and video.model_extra["prompt_schedule"] == schedule
+    seconds = float(video.seconds)
+    assert 12 <= seconds <= 60 and (seconds * FPS) % 3 == 0  # whole chunks: the last one that entered, not torn
+    frames = model_frames(client.videos.download_content(video.id).read())
+    assert len(frames) == seconds * FPS
+    before, after = (0, switch - WINDOW), (switch + WINDOW, seconds)
+    assert colour_presence(frames, "red", *before) > 0.8 and colour_presence(frames, "green", *before) < 0.2
+    assert colour_presence(frames, "green", *after) > 0.8 and colour_presence(frames, "red", *after) < 0.2
+    # no cut: the largest frame-to-frame change around the switch stays within the video's usual range and below the
+    # jump a cut from the red video to the green one would make
+    changes = frame_changes(frames)  # [T-1]: frame t to t + 1
+    around = slice(round((switch - WINDOW) * FPS), round((switch + WINDOW) * FPS))
+    elsewhere = np.concatenate([changes[: around.start], changes[around.stop :]])
+    red, green = frames[around.start - 1].astype(np.float32), frames[around.stop + 1].astype(np.float32)
+    assert changes[around].max() < min(1.25 * elsewhere.max(), np.abs(green - red).mean())
+    metrics = requests.get(f"{server.base}/metrics").text
+    assert f'pavdm_prompt_changes_total{{run_id="{video.id}"}} 1.0' in metrics
+    assert f'pavdm_live_seconds{{run_id="{video.id}"}} {seconds}' in metrics
+    assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"
+
+
+def test_steering_a_video_that_is_not_in_progress_is_refused(server):
+    url, auth = f"{server.base}/v1/videos", server.headers
+    made = {"created_at": 1, "prompt": "a red circle", "seconds": 4, "total_seconds": 4, "size": "256x256",
+            "model": "tiny", "seed": 0, "tenant": "default"}  # the caller's: PAVDM_API_KEY's
+    records = {"video_" + "c" * 32: {"completed_at": 2}, "video_" + "f" * 32: {"error": "generation failed"}}
+    for video_id, ending in records.items():  # a completed and a failed video, as a restart finds them
+        (server.root / video_id).mkdir()
+        (server.root / video_id / "video.json").write_text(json.dumps({"id": video_id, **made, **ending}))
+    for video_id, state in zip(records, ("completed", "failed"), strict=True):
+        for route, body in (("prompt", {"prompt": "a green square"}), ("stop", None)):
+            response = requests.post(f"{url}/{video_id}/{route}", headers=auth, json=body)
+            assert response.status_code == 409 and f"is {state}" in response.json()["error"]["message"], route
+        shutil.rmtree(server.root / video_id)
+    for unknown in ("video_" + "0" * 32, "video_%2E%2E"):
+        for route in ("prompt", "stop"):
+            assert requests.post(f"{url}/{unknown}/{route}", headers=auth, json={"prompt": "a"}).status_code == 404
+    assert requests.get(f"{server.base}/healthz").json()["status"] == "ok"

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 import torch
 
+from orchestrator.core.prompts import Blend
+
 
 class Codec(Protocol):
     """Maps between latent frames and RGB video frames."""
@@ -52,19 +54,24 @@ class Backend(Protocol):
     def join_conds(self, conds: list[Any]) -> Any:
         """The conditioning of a batch whose rows are conditioned by `conds` (one per row, in order)."""
 
+    def blend_conds(self, before: Any, after: Any, weight: float) -> Any:
+        """The conditioning `weight` (0..1) of the way from one prompt's to another's (a prompt transition)."""
+
 
 class PromptEncodings:
-    """Each prompt encoded once by a backend and reused for every call it conditions; the `keep` most
-    recently used stay (a long-lived stage sees an endless stream of prompts)."""
+    """Each prompt (or blend of two) encoded once by a backend and reused for every call it conditions; the `keep`
+    most recently used stay (a long-lived stage sees an endless stream of prompts)."""
 
     def __init__(self, backend: Backend, keep: int = 256):
         self.backend, self.keep = backend, keep
-        self.cache: OrderedDict[str, Any] = OrderedDict()
+        self.cache: OrderedDict[str | Blend, Any] = OrderedDict()
 
-    def get(self, text: str) -> Any:
-        if text not in self.cache:
-            self.cache[text] = self.backend.encode_prompt(text)
+    def get(self, prompt: str | Blend) -> Any:
+        if prompt not in self.cache:
+            self.cache[prompt] = (self.backend.encode_prompt(prompt) if isinstance(prompt, str) else
+                                  self.backend.blend_conds(self.get(prompt.before), self.get(prompt.after),
+                                                           prompt.weight))
             while len(self.cache) > self.keep:
                 self.cache.popitem(last=False)
-        self.cache.move_to_end(text)
-        return self.cache[text]
+        self.cache.move_to_end(prompt)
+        return self.cache[prompt]

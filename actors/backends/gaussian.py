@@ -57,6 +57,9 @@ class GaussianProcessBackend:
     def join_conds(self, conds: list[None]) -> None:
         return None
 
+    def blend_conds(self, before: None, after: None, weight: float) -> None:
+        return None
+
     def sample_clip(self, frames: int, generator: torch.Generator) -> torch.Tensor:
         """A draw from the process itself: [Ch, F, H, W] float32 (for tests and initial clips)."""
         ch, h, w = self.latent_shape

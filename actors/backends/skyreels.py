@@ -90,6 +90,11 @@ class SkyReelsBackend:
         negative = self.text.encode(self.negative_prompt).to(self.dtype) if self.guidance != 1 else None
         return TextCond(positive, negative)
 
+    def blend_conds(self, before: TextCond, after: TextCond, weight: float) -> TextCond:
+        """The prompt embeddings interpolated linearly, token by token (both padded to one length); the negative
+        prompt is the same for both."""
+        return TextCond(torch.lerp(before.positive, after.positive, weight), before.negative)  # [1, L, D]
+
     def join_conds(self, conds: list[TextCond]) -> TextCond:
         """One TextCond for a batch of streams: embeddings stacked along B (all padded to the same length)."""
         negatives = [c.negative for c in conds]

@@ -195,6 +195,10 @@ class ServeConfig:
     """Longest video a chain of extensions may grow to."""
     max_prompt_chars: int = 1000
     """Longest prompt accepted."""
+    max_live_seconds: float = 600.0
+    """Longest a live video (one that runs until stopped) may run; at most run.max_seconds."""
+    max_prompt_changes_per_minute: int = 12
+    """Prompt changes one video accepts in any minute (HTTP 429 beyond)."""
     max_body_bytes: int = 8_000_000
     """Largest request body accepted (HTTP 413 beyond); an extension may upload the video it continues."""
     grace_seconds: float = 45.0
@@ -327,6 +331,12 @@ def validate(config: Config) -> None:
     ckpt = config.checkpoint
     if ckpt.every_shifts < 0 or ckpt.every_seconds < 0 or ckpt.keep < 1:
         raise UserError("checkpoint.every_shifts and every_seconds must be >= 0, checkpoint.keep >= 1")
+    serve = config.serve
+    if not 0 < serve.max_live_seconds <= config.run.max_seconds:
+        raise UserError(f"serve.max_live_seconds must be > 0 and at most run.max_seconds ({config.run.max_seconds:g}), "
+                        f"got {serve.max_live_seconds:g}")
+    if serve.max_prompt_changes_per_minute < 1:
+        raise UserError(f"serve.max_prompt_changes_per_minute must be >= 1, got {serve.max_prompt_changes_per_minute}")
     if config.recovery.max_restarts < 0 or config.recovery.backoff_seconds < 0:
         raise UserError("recovery.max_restarts and recovery.backoff_seconds must be >= 0")
 

@@ -25,6 +25,7 @@ from orchestrator.engine.executor import Executor
 from orchestrator.engine.jobs import JobQueue, StreamJob, conclude
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import Checkpointer, VideoPlan, begin, plan_video
+from orchestrator.engine.steering import steer
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class Engine:
                     self.admit_all(queue.take(self.max_streams - len(self.active), wait=0 if self.active else 0.5))
                 for stream in [s for s in self.active.values() if s.job.cancelled.is_set()]:
                     self.drop(stream)
+                for stream in list(self.active.values()):
+                    self.steer(stream)
                 at_boundary = self.tick() if self.active else True
                 yield
             self.clock.drain()
@@ -233,6 +236,26 @@ class Engine:
                     raise
                 self.drop(stream, self.executor.cause(err))  # e.g. its output location is full: it fails alone
         return all(t.boundary for t in ticks_now.values())
+
+    def steer(self, stream: ActiveStream) -> None:
+        """Apply the prompt changes and the stop due before the stream's next tick (engine/steering.py); a video
+        whose change cannot be recorded fails alone."""
+        job = stream.job
+        try:
+            revision = steer(job.steering, job.config, job.run, stream.upcoming, stream.checkpointer.init_count,
+                             self.frames_of)
+        except Exception as err:
+            self.drop(stream, err)
+            return
+        if revision is None:
+            return
+        stream.plan, job.frames_total = revision.plan, revision.plan.size.frames
+        stream.checkpointer.renew(job.config, revision.plan)
+        self.executor.revise(job.id, job.config, revision.plan.size, revision.plan.prompts)
+        if revision.remaining is not None:
+            stream.schedule, stream.upcoming = revision.remaining, next(revision.remaining, None)
+        if revision.change is not None:
+            self.metrics.prompt_changes.labels(job.id).inc()
 
     def checkpoint(self, stream: ActiveStream, tick: Tick) -> None:
         checkpointer, published = stream.checkpointer, self.states

@@ -26,6 +26,9 @@ class Executor(Protocol):
              resume: SinkState | None) -> None:
         """Open the stream's video in the sink (segments in `workdir`), fresh or resumed."""
 
+    def revise(self, stream: str, config: Config, size: VideoSize, prompts: ChunkPrompts) -> None:
+        """New settings of a stream steered while it is made, for the chunks the sink writes after them."""
+
     def start(self, stream: str, seed: int, geometry: Geometry, shares: list[Window]) -> list[Ref]:
         """Give every stage its share of the stream's window; each stage's published share."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from orchestrator.core.config import Config
 from orchestrator.core.errors import UserError, ending
 from orchestrator.core.schedule import Tick
+from orchestrator.engine.steering import Steering
 from orchestrator.state.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class StreamJob:
     owner: str = ""  # whose video it is: the queue takes owners in turn
     created: float = field(default_factory=time.time)  # wall clock
     first_frame_seconds: float | None = None  # from created to its first frame written (this run of the job)
+    steering: Steering = field(default_factory=Steering)  # prompt changes and a stop asked while it is made
 
     @property
     def id(self) -> str:
@@ -128,6 +130,7 @@ def conclude(job: StreamJob, out: Path | None = None, error: BaseException | Non
     """Record how a job ended in its run folder and tell whoever waits for it (whose errors are logged, so
     that they never reach the pipeline)."""
     job.out, job.error = out, error
+    job.steering.end()
     if out is not None:
         job.run.set_status("completed", job.frames_total, job.frames_total, str(out))
     elif job.cancelled.is_set():

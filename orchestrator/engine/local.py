@@ -78,6 +78,9 @@ class InProcessExecutor:
     def open(self, stream, config, size, prompts, workdir, resume) -> None:
         self.sink.open(stream, config, size, prompts, workdir, resume)
 
+    def revise(self, stream, config, size, prompts) -> None:
+        self.sink.revise(stream, config, size, prompts)
+
     def start(self, stream, seed, geometry, shares) -> list:
         return [stage.start(stream, seed, geometry, share) for stage, share in zip(self.stages, shares, strict=True)]
 

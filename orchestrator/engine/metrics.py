@@ -58,6 +58,10 @@ class PipelineMetrics:
         self.restarts = Counter("pavdm_stage_restarts", "Stage actors rebuilt after a failure", run, registry=reg)
         self.checkpoint_seconds = Histogram("pavdm_checkpoint_seconds", "Time to write one checkpoint", run,
                                             buckets=TICK_BUCKETS, registry=reg)
+        self.prompt_changes = Counter("pavdm_prompt_changes", "Prompt changes applied while the video is made", run,
+                                      registry=reg)
+        self.live_seconds = Gauge("pavdm_live_seconds", "Seconds made so far of a video that runs until stopped", run,
+                                  registry=reg)
         self.errors = Counter("pavdm_errors", "Errors by kind", [*run, "kind"], registry=reg)
         for stage in range(stages):  # series exist (at zero) from the start
             self.call_seconds.labels(run_id, str(stage))
@@ -67,7 +71,8 @@ class PipelineMetrics:
 
     def forget(self, run_id: str) -> None:
         """Drop the series of one video (its run_id label) from every metric that has them."""
-        for metric in (self.frames, self.chunks, self.fps, self.eta, self.first_frame, self.checkpoint_seconds):
+        for metric in (self.frames, self.chunks, self.fps, self.eta, self.first_frame, self.checkpoint_seconds,
+                       self.prompt_changes, self.live_seconds):
             with contextlib.suppress(KeyError):
                 metric.remove(run_id)
 

@@ -66,12 +66,16 @@ class Checkpointer:
     """Writes checkpoints of one run when its policy says so, and keeps the status file current."""
 
     def __init__(self, run: RunFolder, config: Config, plan: VideoPlan, init_count: int):
-        self.run, self.plan = run, plan
+        self.run, self.plan, self.init_count = run, plan, init_count
         self.store = run.checkpoints(config)
         self.policy = CheckpointPolicy(config.checkpoint)
         self.meta = checkpoint_meta(config, init_count)
         self.out = config.output.out
         self.seconds = 0.0
+
+    def renew(self, config: Config, plan: VideoPlan) -> None:
+        """The run's settings changed while it is made (a prompt change, a stop): later checkpoints carry them."""
+        self.plan, self.meta = plan, checkpoint_meta(config, self.init_count)
 
     def timed(self, take: Callable[[], int]) -> float:
         """Run `take`, which makes a checkpoint and returns the frames it covers; count the time it paused the
@@ -88,7 +92,7 @@ def initial_state(config: Config, plan: VideoPlan, store, latent_shape) -> Start
     """The newest valid checkpoint of the run, or a fresh start from nothing or --init-latents."""
     checkpoint = store.latest()
     if checkpoint is not None:
-        return start_from(checkpoint, config)
+        return start_from(checkpoint, config, plan.prompts, plan.num_chunks)
     return fresh_start(initial_chunks(config.init_latents, latent_shape, plan.geometry.chunk))
 
 

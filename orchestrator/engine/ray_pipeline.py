@@ -108,6 +108,9 @@ class Pipeline:
     def open(self, stream, config, size, prompts, workdir, resume) -> None:
         unwrap_get(self.sink.open.remote(stream, config, size, prompts, workdir, resume))
 
+    def revise(self, stream, config, size, prompts) -> None:
+        self.sink.revise.remote(stream, config, size, prompts)  # in order with the writes that follow
+
     def start(self, stream, seed, geometry, shares) -> list:
         return [stage.start.remote(stream, seed, geometry, share)
                 for stage, share in zip(self.stages, shares, strict=True)]

@@ -18,6 +18,7 @@ from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.local import InProcessExecutor, WrittenChunk, run_to_end
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import frame_progress
+from orchestrator.engine.steering import Steering
 from orchestrator.state.runs import RunFolder
 
 BackendOf = Callable[[ModelConfig], Backend]
@@ -63,9 +64,10 @@ def run_jobs(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqd
 
 
 @contextlib.contextmanager
-def one_job(config: Config, run: RunFolder, progress: bool) -> Iterator[tuple[StreamJob, tqdm]]:
-    """The job of one video, with a frame progress bar that follows it."""
-    job = StreamJob(config, run)
+def one_job(config: Config, run: RunFolder, progress: bool, steering: Steering | None = None
+            ) -> Iterator[tuple[StreamJob, tqdm]]:
+    """The job of one video (steered by `steering`, if given), with a frame progress bar that follows it."""
+    job = StreamJob(config, run, steering=steering or Steering())
     with frame_progress(0, progress) as bar:
 
         announced = not progress
@@ -98,11 +100,11 @@ def run_video(executor: Executor, config: Config, run: RunFolder, metrics: Pipel
 
 
 def video_steps(config: Config, run: RunFolder, progress: bool, backend_of: BackendOf = build_backend,
-                keep_chunks: bool = False, on_tick: Callable[[Tick], None] | None = None
-                ) -> Generator[WrittenChunk, None, tuple[StreamJob, int]]:
-    """One video as one job (see job_steps), on_tick hearing of its ticks. Returns (the finished job, restarts);
-    raises its error."""
-    with one_job(config, run, progress) as (job, bar):
+                keep_chunks: bool = False, on_tick: Callable[[Tick], None] | None = None,
+                steering: Steering | None = None) -> Generator[WrittenChunk, None, tuple[StreamJob, int]]:
+    """One video as one job (see job_steps), on_tick hearing of its ticks, steered by `steering`. Returns (the
+    finished job, restarts); raises its error."""
+    with one_job(config, run, progress, steering) as (job, bar):
         job.on_tick = on_tick
         metrics = PipelineMetrics(run.run_id, max(config.pipeline.stages, 1))
         restarts = yield from job_steps(config, JobQueue([job], closed=True), metrics, bar,

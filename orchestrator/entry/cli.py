@@ -83,6 +83,10 @@ def build_parser() -> Parser:
     gen.add_argument("--latents-out", metavar="FILE.arrow", help="also write every latent frame as Arrow IPC")
     gen.add_argument("--init-latents", metavar="FILE.arrow",
                      help="continue a video: its last chunks (from --latents-out) become the context")
+    gen.add_argument("--live", action="store_true",
+                     help="steer the video as it is made: every line on standard input becomes the prompt from the "
+                          "next chunk to enter the window; end of input or Ctrl-C ends it after the window drains "
+                          "(--seconds is then its longest length, default run.max_seconds)")
     gen.add_argument("--model", metavar="NAME|PATH",
                      help=f"model config name ({', '.join(model_names())}; default {DEFAULT_MODEL}) or a diffusers "
                           "model folder")
@@ -99,6 +103,8 @@ def build_parser() -> Parser:
     res.add_argument("--out", metavar="FILE.mp4", help="write the MP4 here instead of where the run was told")
     res.add_argument("--latents-out", metavar="FILE.arrow",
                      help="write the latents here instead (for a run that writes latents)")
+    res.add_argument("--live", action="store_true",
+                     help="steer it as it is made, as generate --live does, from where it stands")
     add_common_options(res)
 
     trn = commands.add_parser(
@@ -160,7 +166,9 @@ def build_parser() -> Parser:
         help="serve the video API (OpenAI-shaped) on Ray Serve",
         description="Start the Ray Serve application orchestrator.entry.serving.app:app locally (or on RAY_ADDRESS): "
                     "POST/GET/DELETE /v1/videos, /v1/videos/{id}/content, /v1/videos/{id}/stream (fragmented "
-                    "MP4 while it is made), POST /v1/videos/extensions, /metrics. serve.keys_file (tenants, their key "
+                    "MP4 while it is made), POST /v1/videos/extensions, POST /v1/videos/{id}/prompt and /stop "
+                    "(steer a video in progress, or one created with live: true), /metrics. serve.keys_file (tenants, "
+                    "their key "
                     "hashes and quotas) or PAVDM_API_KEY (one key) requires a bearer token; each tenant sees only its "
                     "own videos. Videos live in --root and survive restarts; SIGTERM checkpoints them and exits.",
     )
@@ -203,6 +211,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from orchestrator.entry.generate import generate
 
     config = apply_flags(load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL), args)
+    if args.live:
+        from orchestrator.entry.live import run_steered
+
+        if args.seconds is None:
+            config.seconds = config.run.max_seconds
+        report(run_steered(lambda steering: generate(config, not args.quiet, steering), sys.stdin))
+        return 0
     report(generate(config, progress=not args.quiet))
     return 0
 
@@ -210,8 +225,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     from orchestrator.entry.generate import resume
 
-    report(resume(args.run, args.root, args.overrides, progress=not args.quiet, out=args.out,
-                  latents_out=args.latents_out))
+    def resumed(steering=None):
+        return resume(args.run, args.root, args.overrides, progress=not args.quiet, out=args.out,
+                      latents_out=args.latents_out, steering=steering)
+
+    if args.live:
+        from orchestrator.entry.live import run_steered
+
+        report(run_steered(resumed, sys.stdin))
+        return 0
+    report(resumed())
     return 0
 
 

@@ -18,6 +18,7 @@ from orchestrator.core.schedule import Tick
 from orchestrator.engine.local import WrittenChunk, run_to_end
 from orchestrator.engine.plan import plan_video
 from orchestrator.engine.runner import BackendOf, video_steps
+from orchestrator.engine.steering import Steering
 from orchestrator.state import segments
 from orchestrator.state.outputs import check_writable, same_file
 from orchestrator.state.run_state import (
@@ -78,11 +79,11 @@ def made_segments(run: RunFolder, config: Config, size: VideoSize) -> tuple[list
 
 
 def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[[Tick], None] | None = None,
-              backend_of: BackendOf = build_backend, keep_chunks: bool = False
+              backend_of: BackendOf = build_backend, keep_chunks: bool = False, steering: Steering | None = None
               ) -> Generator[WrittenChunk, None, GenerationResult]:
     """Run (or continue) a run to completion on the executor its config asks for, keeping its status file true.
     In process, with keep_chunks, it yields every chunk once written; on_tick hears of every tick (in process:
-    once made); backend_of loads the in-process model."""
+    once made); backend_of loads the in-process model; `steering` takes prompt changes and a stop while it runs."""
     plan = plan_video(config, frame_count(config.model))
     started = time.perf_counter()
     run.set_status("running", None, plan.size.frames, config.output.out)
@@ -91,21 +92,22 @@ def execution(run: RunFolder, config: Config, progress: bool, on_tick: Callable[
         if made is not None:  # every frame is in segments: only the outputs are left to write
             out, restarts, checkpoint_seconds, first = write_outputs(config, run.segments, *made), 0, 0.0, None
         else:
-            job, restarts = yield from video_steps(config, run, progress, backend_of, keep_chunks, on_tick)
+            job, restarts = yield from video_steps(config, run, progress, backend_of, keep_chunks, on_tick, steering)
             out, checkpoint_seconds, first = job.out, job.checkpoint_seconds, job.first_frame_seconds
     except BaseException as err:
         state, reason = ending(err)
         run.set_status(state, None, plan.size.frames, config.output.out, reason)
         raise
+    plan = plan_video(config, frame_count(config.model))  # a stop may have shortened it
     run.set_status("completed", plan.size.frames, plan.size.frames, str(out))
     return GenerationResult(plan.size.frames, time.perf_counter() - started, out, run.run_id, checkpoint_seconds,
                             restarts, first)
 
 
-def execute(run: RunFolder, config: Config, progress: bool, backend_of: BackendOf = build_backend
-            ) -> GenerationResult:
+def execute(run: RunFolder, config: Config, progress: bool, backend_of: BackendOf = build_backend,
+            steering: Steering | None = None) -> GenerationResult:
     """Run (or continue) a run to completion, keeping its status file true."""
-    return run_to_end(execution(run, config, progress, backend_of=backend_of))
+    return run_to_end(execution(run, config, progress, backend_of=backend_of, steering=steering))
 
 
 def new_run(config: Config) -> RunFolder:
@@ -118,27 +120,28 @@ def new_run(config: Config) -> RunFolder:
 
 
 def generation(config: Config, progress: bool = True, on_tick: Callable[[Tick], None] | None = None,
-               backend_of: BackendOf = build_backend, keep_chunks: bool = False
+               backend_of: BackendOf = build_backend, keep_chunks: bool = False, steering: Steering | None = None
                ) -> Generator[WrittenChunk, None, GenerationResult]:
     """generate(), yielding what execution() yields."""
     run = new_run(config)
     try:
-        return (yield from execution(run, config, progress, on_tick, backend_of, keep_chunks))
+        return (yield from execution(run, config, progress, on_tick, backend_of, keep_chunks, steering))
     except UserError:
         run.discard_if_unused(run.checkpoints(config))  # bad input found late (e.g. resources): leave nothing
         raise
 
 
-def generate(config: Config, progress: bool = True) -> GenerationResult:
+def generate(config: Config, progress: bool = True, steering: Steering | None = None) -> GenerationResult:
     """Start a new run; its outputs appear under their final names only if it completes (in process or on Ray,
-    as pipeline.executor says)."""
-    return run_to_end(generation(config, progress))
+    as pipeline.executor says); `steering` may steer it while it runs."""
+    return run_to_end(generation(config, progress, steering=steering))
 
 
 def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True, out: str | None = None,
-           latents_out: str | None = None, backend_of: BackendOf = build_backend) -> GenerationResult:
+           latents_out: str | None = None, backend_of: BackendOf = build_backend, steering: Steering | None = None
+           ) -> GenerationResult:
     """Continue a stopped run from its newest valid checkpoint; refuse overrides that change the video. `out`
-    and `latents_out` move its outputs (the latents only where the run writes them)."""
+    and `latents_out` move its outputs (the latents only where the run writes them); `steering` steers it."""
     run = RunFolder.find(run_ref, root)
     saved = run.load_config()
     config = apply_overrides(saved, overrides)
@@ -156,4 +159,4 @@ def resume(run_ref: str, root: str, overrides: list[str], progress: bool = True,
         raise UserError(f"run {run.run_id} is already complete: {status.out}")
     check_request(config)
     run.save_config(config)
-    return execute(run, config, progress, backend_of)
+    return execute(run, config, progress, backend_of, steering)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -10,6 +11,7 @@ import torch
 
 from orchestrator.core.config import CheckpointConfig, Config, identity_hash, to_yaml, video_identity
 from orchestrator.core.errors import UserError
+from orchestrator.core.prompts import ChunkPrompts, PromptSchedule
 from orchestrator.core.sampler import Window
 from orchestrator.state.checkpoint import Checkpoint, CheckpointStore
 
@@ -75,9 +77,27 @@ def differing_keys(saved: dict, current: dict) -> list[str]:
     return sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
 
 
-def start_from(checkpoint: Checkpoint, config: Config) -> StartState:
-    """Refuse a checkpoint made with different video settings; else the state to continue from."""
-    if checkpoint.meta.get("config_hash") != identity_hash(config):
+STEERED_KEYS = {"prompts", "seconds"}  # what steering a video while it is made changes in its settings
+
+
+def steered_since(checkpoint: Checkpoint, config: Config, prompts: ChunkPrompts, num_chunks: int) -> bool:
+    """Whether the run's settings differ from a checkpoint's only by steering after it: prompts changed from chunks
+    that had not entered its window, and a length that still holds every chunk that had."""
+    changed = differing_keys(checkpoint.meta.get("identity", {}), video_identity(config))
+    if not changed or not set(changed) <= STEERED_KEYS:
+        return False
+    entered = max((int(name.partition("/")[2]) for name in checkpoint.tensors if name.startswith("chunk/")),
+                  default=-1)  # the newest chunk in its window
+    saved = dataclasses.replace(prompts, schedule=PromptSchedule.parse(checkpoint.meta["prompts"]))
+    return entered < num_chunks and all(saved.of(m) == prompts.of(m) for m in range(entered + 1))
+
+
+def start_from(checkpoint: Checkpoint, config: Config, prompts: ChunkPrompts | None = None,
+               num_chunks: int = 0) -> StartState:
+    """Refuse a checkpoint made with different video settings, unless (given the run's chunk prompts and count)
+    they differ only by steering after it; else the state to continue from."""
+    if checkpoint.meta.get("config_hash") != identity_hash(config) and not (
+            prompts is not None and steered_since(checkpoint, config, prompts, num_chunks)):
         keys = differing_keys(checkpoint.meta.get("identity", {}), video_identity(config))
         raise UserError(f"checkpoint was made with different video settings: {', '.join(keys) or 'unknown'}")
     window, decoder = Window(), {}

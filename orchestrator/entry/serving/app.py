@@ -1,5 +1,6 @@
 """The Ray Serve application: HTTP routes of the video API over one VideoService (`app` is its import path)."""
 
+import asyncio
 import json
 import logging
 import os
@@ -31,6 +32,14 @@ api = FastAPI(title="pavdm", description="Long videos with progressive autoregre
 PUBLIC = ("/healthz", "/metrics")
 AUDIT_LOG = "audit.log"
 VIDEO_IN_PATH = re.compile(r"video_[0-9a-f]{32}")
+RECORDED_WITHIN = 30.0  # seconds a steering request waits for the pipeline to record it (it does so between ticks)
+
+
+async def recorded(done: threading.Event, within: float = RECORDED_WITHIN, poll: float = 0.05) -> None:
+    """Wait until the pipeline has recorded a steering request, or `within` seconds, holding no thread meanwhile."""
+    deadline = time.monotonic() + within
+    while not done.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(poll)
 
 
 def settings_from_env() -> dict:
@@ -183,6 +192,23 @@ class VideoAPI:
     def delete(self, request: Request, video_id: str) -> dict:
         self.service.delete(check_id(video_id), request.state.tenant)
         return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+    @api.post("/v1/videos/{video_id}/prompt")
+    async def change_prompt(self, request: Request, video_id: str) -> dict:
+        """A new prompt from the next chunk to enter the window; answers once it is in the video's schedule."""
+        prompt, transition = self.checker.prompt_change(await read_fields(request, self.limit))
+        change = self.service.change_prompt(check_id(video_id), prompt, transition, request.state.tenant)
+        await recorded(change.done)
+        if change.refused:
+            raise ApiError(409, f"the prompt cannot change: {change.refused}", "video_id", "video_not_in_progress")
+        return self.service.describe(self.service.record(video_id))
+
+    @api.post("/v1/videos/{video_id}/stop")
+    async def stop_video(self, request: Request, video_id: str) -> dict:
+        """End the video after the chunks in the window drain; answers once the end is recorded."""
+        job = self.service.stop_video(check_id(video_id), request.state.tenant)
+        await recorded(job.steering.stopped)
+        return self.service.describe(self.service.record(video_id))
 
     @api.get("/v1/videos/{video_id}/content")
     def content(self, request: Request, video_id: str, variant: str = "video") -> FileResponse:

@@ -38,6 +38,7 @@ class VideoRequest:
     model: str
     seed: int
     extends: str = ""
+    live: bool = False  # runs until stopped (or serve.max_live_seconds): `seconds` is that bound
 
 
 def new_video_id() -> str:
@@ -99,9 +100,39 @@ class RequestChecker:
         self.limits, self.model, self.size = limits, model, size
 
     def create(self, fields: dict) -> VideoRequest:
-        self.only(fields, {"prompt", "seconds", "size", "model", "seed"})
-        return VideoRequest(self.prompt(fields), self.seconds(fields, default=8.0), self.size_of(fields),
-                            self.model_of(fields), self.seed(fields))
+        self.only(fields, {"prompt", "seconds", "size", "model", "seed", "live"})
+        live = self.flag(fields, "live")
+        if live and "seconds" in fields:
+            raise ApiError(400, "a live video has no seconds: it runs until stopped, at most serve.max_live_seconds="
+                                f"{self.limits.max_live_seconds:g}", "seconds")
+        seconds = self.limits.max_live_seconds if live else self.seconds(fields, default=8.0)
+        return VideoRequest(self.prompt(fields), seconds, self.size_of(fields), self.model_of(fields),
+                            self.seed(fields), live=live)
+
+    def prompt_change(self, fields: dict) -> tuple[str, float]:
+        """The new prompt of a video in progress and the seconds over which it takes over (0: at once), within
+        serve.max_seconds."""
+        self.only(fields, {"prompt", "transition_seconds"})
+        value = fields.get("transition_seconds", 0)
+        try:
+            transition = float(value)
+        except (TypeError, ValueError):
+            raise ApiError(400, f"transition_seconds must be a number, got {str(value)[:40]!r}",
+                           "transition_seconds") from None
+        if not 0 <= transition <= self.limits.max_seconds:
+            raise ApiError(400, f"transition_seconds must be in 0..{self.limits.max_seconds:g} (serve.max_seconds), "
+                                f"got {str(value)[:40]}", "transition_seconds")
+        return self.prompt(fields), transition
+
+    @staticmethod
+    def flag(fields: dict, name: str) -> bool:
+        """A boolean field: true or false, in JSON or as a form's text."""
+        value = fields.get(name, False)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise ApiError(400, f"{name} must be true or false, got {str(value)[:40]!r}", name)
+        return value
 
     def extension(self, fields: dict) -> VideoRequest:
         self.only(fields, {"prompt", "seconds", "video", "seed"})

@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,8 @@ from orchestrator.core.config import Config, written_frame_size
 from orchestrator.core.errors import UserError, one_line
 from orchestrator.engine.jobs import JobQueue, StreamJob, conclude
 from orchestrator.engine.metrics import PipelineMetrics
+from orchestrator.engine.steering import PromptChange
+from orchestrator.entry.serving.live import ChangeRate, shown_schedule
 from orchestrator.entry.serving.requests import VIDEO_ID, ApiError, VideoRequest, new_video_id
 from orchestrator.entry.serving.tenants import OPEN, Tenant, Tenants
 from orchestrator.state import segments
@@ -39,7 +41,7 @@ class VideoRecord:
     id: str
     created_at: int
     prompt: str
-    seconds: float  # requested new seconds
+    seconds: float  # requested new seconds (a live video: its bound, until it ends)
     total_seconds: float  # with the video it extends
     size: str
     model: str
@@ -49,6 +51,9 @@ class VideoRecord:
     error: str = ""
     content_sha256: str = ""  # of content.mp4, to recognise an uploaded copy
     tenant: str = OPEN  # who made it: only they see it
+    live: bool = False  # runs until stopped
+    stopped: bool = False  # a stop was asked
+    prompts: list[str] = field(default_factory=list)  # the prompt schedule it was made with, once completed
 
 
 def load_record(path: Path) -> VideoRecord | None:
@@ -72,6 +77,7 @@ class VideoService:
         self.live: dict[str, StreamJob] = {}  # queued or running
         self.lock = threading.Lock()
         self.metrics = PipelineMetrics("serve", max(config.pipeline.stages, 1))
+        self.change_rate = ChangeRate(config.serve.max_prompt_changes_per_minute)
         self.executor: Executor | None = None  # the stages and sink, in process or on Ray
         self.broken = ""  # why the pipeline cannot start, if it cannot
         self.stopping = False  # a clean stop is under way: no new videos
@@ -154,14 +160,21 @@ class VideoService:
         return "in_progress", progress, ""
 
     def describe(self, record: VideoRecord) -> dict:
-        """The OpenAI video object (plus seed and extended_from_video_id)."""
+        """The OpenAI video object (plus seed, extended_from_video_id, live and prompt_schedule). A live video's
+        seconds are those made so far until it completes."""
         state, progress, error = self.status_of(record)
+        job = self.live.get(record.id)
+        seconds = record.total_seconds
+        if record.live and record.completed_at is None:
+            seconds = (job.written if job is not None else 0) / self.config.fps
+        prompts = job.config.prompts if job is not None else record.prompts or [f"0:{record.prompt}"]
         return {
             "id": record.id, "object": "video", "model": record.model, "status": state, "progress": progress,
             "created_at": record.created_at, "completed_at": record.completed_at, "expires_at": None,
-            "seconds": f"{record.total_seconds:g}", "size": record.size, "prompt": record.prompt,
+            "seconds": f"{seconds:g}", "size": record.size, "prompt": record.prompt,
             "remixed_from_video_id": None, "seed": record.seed, "extended_from_video_id": record.extends or None,
             "error": {"code": "generation_failed", "message": error} if state == "failed" else None,
+            "live": record.live, "prompt_schedule": shown_schedule(prompts),
         }
 
     def records(self, tenant: Tenant | None = None) -> list[VideoRecord]:
@@ -202,9 +215,9 @@ class VideoService:
         config.output.latents_out = str(self.folder(video_id) / "latents.arrow")
         run = RunFolder.create(config)
         record = VideoRecord(video_id, int(time.time()), request.prompt, request.seconds, total, request.size,
-                             request.model, request.seed, request.extends, tenant=tenant.name)
+                             request.model, request.seed, request.extends, tenant=tenant.name, live=request.live)
         self.save(record)
-        self.enqueue(StreamJob(config, run, owner=tenant.name))
+        self.enqueue(StreamJob(config, run, owner=tenant.name), record)
         return record
 
     def check_quotas(self, request: VideoRequest, tenant: Tenant) -> None:
@@ -228,17 +241,54 @@ class VideoService:
                 raise ApiError(429, f"{used:g} of your {tenant.max_video_seconds_per_hour:g} video-seconds per hour "
                                     "are used", code="quota_exceeded", retry_after=max(1, int(frees[0]) + 1))
 
-    def enqueue(self, job: StreamJob) -> None:
+    def enqueue(self, job: StreamJob, record: VideoRecord) -> None:
         job.on_end = self.ended
+        if record.live:
+            job.on_frames = lambda frames: self.metrics.live_seconds.labels(job.id).set(frames / job.config.fps)
+        if record.stopped:  # asked before a restart
+            job.steering.stop()
         with self.lock:
             self.live[job.id] = job
         self.queue.put(job)
+
+    # --- steering ----------------------------------------------------------------------------------------------
+
+    def in_progress(self, video_id: str, tenant: Tenant) -> tuple[VideoRecord, StreamJob]:
+        """A video being made and its job; 409 for one that is waiting, completed or failed."""
+        record = self.record(video_id, tenant)
+        state = self.status_of(record)[0]
+        job = self.live.get(video_id)
+        if state != "in_progress" or job is None:
+            reason = "has not started yet; retry once it is in_progress" if state == "queued" else f"is {state}"
+            raise ApiError(409, f"the video {reason}", "video_id", "video_not_in_progress")
+        return record, job
+
+    def change_prompt(self, video_id: str, prompt: str, transition: float, tenant: Tenant) -> PromptChange:
+        """Ask for a new prompt from the next chunk to enter, reached over `transition` seconds (within
+        serve.max_prompt_changes_per_minute)."""
+        record, job = self.in_progress(video_id, tenant)
+        if record.stopped:
+            raise ApiError(409, "the video is stopping", "video_id", "video_stopping")
+        self.change_rate.admit(video_id)
+        return job.steering.change_prompt(prompt, transition)
+
+    def stop_video(self, video_id: str, tenant: Tenant) -> StreamJob:
+        """Ask for the end after the chunks in the window drain (recorded, so that a restart keeps it). Under the
+        lock, so that the record saved here is never one that ended() has since completed."""
+        with self.lock:
+            record, job = self.in_progress(video_id, tenant)
+            if record.stopped or not job.steering.stop():
+                raise ApiError(409, "the video is already stopping", "video_id", "video_stopping")
+            record.stopped = True
+            self.save(record)
+        return job
 
     def ended(self, job: StreamJob) -> None:
         """A job left the pipeline: finish its content, or record why not, or remove a deleted video. Runs
         under the lock, so that a DELETE sees the video either live or finished."""
         with self.lock:
             self.live.pop(job.id, None)
+            self.change_rate.forget(job.id)
             if job.cancelled.is_set():
                 shutil.rmtree(self.folder(job.id), ignore_errors=True)
                 return
@@ -247,12 +297,14 @@ class VideoService:
                 record.error = one_line(job.error) or "generation failed"
                 self.save(record)
                 return
-            self.finalize(record)
+            self.finalize(record, job.config)
 
-    def finalize(self, record: VideoRecord) -> None:
+    def finalize(self, record: VideoRecord, config: Config) -> None:
         """content.mp4 (and latents_all.arrow, the context of extensions): this video's frames, after those of
-        the video it extends."""
+        the video it extends; the record takes the length and prompt schedule the video was made with."""
         folder = self.folder(record.id)
+        record.total_seconds += config.seconds - record.seconds
+        record.seconds, record.prompts = config.seconds, list(config.prompts)
         parts_mp4, parts_latents = [folder / "new.mp4"], [folder / "latents.arrow"]
         if record.extends:
             parent = self.folder(record.extends)
@@ -299,12 +351,12 @@ class VideoService:
             run = RunFolder(self.folder(record.id))
             status = run.status()
             if status is not None and status.state == "completed":
-                self.finalize(record)
+                self.finalize(record, run.load_config())
             elif status is not None and status.state == "failed":
                 record.error = status.error or "generation failed"
                 self.save(record)
             else:
-                self.enqueue(StreamJob(run.load_config(), run, owner=record.tenant))
+                self.enqueue(StreamJob(run.load_config(), run, owner=record.tenant), record)
 
     async def frames_since(self, video_id: str, index: int):
         """Frames of a video being made, from the sink: ([(index, [H, W, 3])], done | None if unknown)."""

@@ -42,6 +42,7 @@ class Backend(Protocol):
 
     codec: Codec
     latent_shape: tuple[int, int, int]  # (Ch, h, w) of one latent frame
+    device: torch.device  # where it computes, and where a joint call's collectives run
 
     def encode_prompt(self, text: str) -> Any:
         """Prepare the conditioning of one prompt (a batch of one)."""
@@ -51,6 +52,12 @@ class Backend(Protocol):
 
     def join_conds(self, conds: list[Any]) -> Any:
         """The conditioning of a batch whose rows are conditioned by `conds` (one per row, in order)."""
+
+    def shared_velocity(self, group: Any, x: torch.Tensor, sigma: torch.Tensor, cond: Any,
+                        frames: tuple[int, ...]) -> torch.Tensor:
+        """A joint call (pipeline.parallel=context): the velocity of this stage's frames x [B, Ch, F_j, h, w] with
+        the whole window in view, made together with the other stages of `group` (a StageGroup); `frames` gives
+        each stage's latent frames, stage 0 first."""
 
 
 class PromptEncodings:

@@ -17,6 +17,7 @@ from actors.sink import Sink
 from actors.stage import Stage
 from orchestrator.core.config import Config, PipelineConfig
 from orchestrator.core.errors import RunFailed, UserError
+from orchestrator.core.partition import Partition
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import frame_progress
@@ -84,6 +85,17 @@ class Pipeline:
             self.shutdown()
             raise
         self.latent_shape = shapes[0]
+        if cfg.parallel == "context" and cfg.stages > 1:
+            self.form_group(cfg.collective_timeout)
+
+    def form_group(self, timeout: float) -> None:
+        """The stages' process group for joint calls: stage 0 names a meeting place, then all join at once."""
+        address, port = ray.get(self.stages[0].rendezvous.remote())
+        try:
+            ray.get([stage.join.remote(address, port, len(self.stages), timeout) for stage in self.stages])
+        except BaseException:
+            self.shutdown()
+            raise
 
     def shutdown(self) -> None:
         for actor in [*self.stages, self.sink]:
@@ -97,6 +109,11 @@ def run_jobs(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tqd
     checkpoints, up to recovery.max_restarts times. on_pipeline hears of every pipeline built (and of None
     when it goes). Returns the number of restarts."""
     restarts = 0
+    pipe = config.pipeline
+    note = Partition.from_config(pipe.stages, pipe.halo, config.schedule.noisy_chunks, pipe.parallel
+                                 ).approximation_note()
+    if note:
+        log.warning(note)
     with ray_session(config.pipeline):
         check_resources(config.pipeline)
         metrics.serve(config.metrics.host, config.metrics.port)

@@ -51,9 +51,13 @@ class Partition:
                 "pipeline.parallel=context is exact")
 
     def bands(self, noisy: int) -> list[range]:
-        """Positions owned by each stage, stage 0 first (newest positions), as near-equal contiguous runs."""
+        """Positions owned by each stage, stage 0 first (newest positions), as near-equal contiguous runs. The
+        larger runs go to the oldest bands, or in a joint partition to the newest: there the oldest band also
+        computes the context's tokens, and the stages of one call wait for each other."""
         base, extra = divmod(noisy, self.stages)
         sizes = [base + (1 if i < extra else 0) for i in range(self.stages)]  # oldest band first
+        if self.joint:
+            sizes.reverse()
         runs, start = [], 0
         for size in sizes:
             runs.append(range(start, start + size))

@@ -80,11 +80,14 @@ def batched_pair(tmp_path: Path, model: ModelConfig, stages: int, latent_shape) 
 def test_joint_calls_make_plain_pavdm_batched_from_nothing_and_from_a_clip(ray_cluster, tmp_path, tiny_vae_model,
                                                                           backend):
     """N = 3: P = 2 does not divide it. P = 2 carries two streams of different lengths in one batched call, one
-    from nothing and one from a clip; P = 3 one from nothing. The SkyReels model has a VAE and guidance 2."""
+    from nothing and one from a clip; P = 3 one from nothing, with a multistep solver's history crossing bands,
+    stochastic steps and a re-noised context (noise the stages draw). The SkyReels model has a VAE and guidance 2."""
     model = models(None)["gaussian"] if backend == "gaussian" else ModelConfig(
         backend="diffusers", path=str(tiny_vae_model), height=8, width=8, guidance_scale=2.0)
     for stages in (2, 3):
         base = context_config(tmp_path, model, stages, f"p{stages}", seconds=13 / 8)
+        if stages == 3:
+            base.schedule = dataclasses.replace(base.schedule, solver="dpmpp_3m", stochasticity=0.5, context_level=1)
         pipeline = Pipeline(base)
         try:
             if stages == 3:

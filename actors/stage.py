@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from actors.backends.base import Backend, PromptEncodings
+from actors.backends.collective import CollectiveStats, StageGroup, free_port
 from actors.backends.factory import build_backend
 from orchestrator.core.config import ModelConfig
 from orchestrator.core.errors import UserError
@@ -26,6 +29,8 @@ class TickStats:
     finished: float
     received_bytes: int  # chunk bytes taken over from other stages (handoff and halo)
     streams: int = 1  # streams in this stage's model call (0 if it made none)
+    collective_seconds: float = 0.0  # joint calls: time in collectives, waiting for the other stages included
+    collective_bytes: int = 0  # joint calls: bytes received from the other stages in collectives
 
 
 @dataclass
@@ -53,6 +58,9 @@ class Stage:
         if threads:
             torch.set_num_threads(threads)
         self.error = ""
+        self.group: StageGroup | None = None  # set by join: the stages compute every call together
+        if model.device == "cpu" and torch.cuda.is_available():  # the stage was given a GPU: it uses it
+            model = dataclasses.replace(model, device="cuda")
         try:
             self.backend = backend or build_backend(model)
         except (UserError, OSError, ValueError) as err:
@@ -81,6 +89,14 @@ class Stage:
     def pid(self) -> int:
         return os.getpid()
 
+    def free_port(self) -> int:
+        """A port free on this stage's host, where the stages' process group can meet (asked of stage 0)."""
+        return free_port()
+
+    def join(self, address: str, port: int, stages: int, timeout: float) -> None:
+        """Join the stages' process group (all stages at once); from now on every model call is joint."""
+        self.group = StageGroup(address, port, self.index, stages, self.backend.device, timeout)
+
     def tick(
         self, plans: dict[str, StageTick], *peers: Published
     ) -> tuple[Published, dict[str, list[tuple[int, torch.Tensor]]], TickStats]:
@@ -106,10 +122,14 @@ class Stage:
             call_started = time.perf_counter()
             bands = [(plans[s].tick, plans[s].view, self.streams[s].store, self.streams[s].noise,
                       self.encodings.get(plans[s].prompt)) for s in calling]
-            updated = denoise_views(self.backend.velocity, self.backend.join_conds, self.grid, bands)
+            joint = {} if self.group is None else {
+                "shares": [plans[s].shares for s in calling],
+                "shared": functools.partial(self.backend.shared_velocity, self.group)}
+            updated = denoise_views(self.backend.velocity, self.backend.join_conds, self.grid, bands, **joint)
             for stream, stepped in zip(calling, updated, strict=True):
                 self.streams[stream].store.update(stepped)
             call_seconds = time.perf_counter() - call_started
+        collective = self.group.take_stats() if self.group is not None else CollectiveStats()
         published, emitted = {}, {}
         for stream, plan in plans.items():
             window = self.streams[stream]
@@ -119,5 +139,5 @@ class Stage:
             if plan.final:
                 del self.streams[stream]
         stats = TickStats(self.index, min(p.tick.index for p in plans.values()), call_seconds, started, time.time(),
-                          received, len(calling))
+                          received, len(calling), collective.seconds, collective.bytes)
         return published, emitted, stats

@@ -91,7 +91,8 @@ def main() -> None:
     started = time.perf_counter()
     first = launch(args, "generate", "--model", "gaussian", "--quiet", "--seconds", str(args.seconds), "--fps",
                    str(args.fps), "--out", "hour.mp4", f"run.id={RUN}", "model.height=16", "model.width=16",
-                   "pipeline.stages=2", "pipeline.num_cpus=0.5", "pipeline.halo=1", "metrics.port=0",
+                   "pipeline.stages=2", "pipeline.num_cpus=0.5", "pipeline.parallel=halo", "pipeline.halo=1",
+                   "metrics.port=0",
                    f"checkpoint.every_seconds={args.every_seconds}", "checkpoint.every_shifts=0")
     monitor.cli = psutil.Process(first.pid)
     killed_at = None

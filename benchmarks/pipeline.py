@@ -30,8 +30,8 @@ from orchestrator.engine.runner import run_video
 from orchestrator.state.runs import RunFolder
 
 
-def with_topology(config: Config, stages: int, halo, threads: int, num_cpus: float) -> Config:
-    config.pipeline.stages, config.pipeline.halo = stages, halo
+def with_topology(config: Config, stages: int, halo, threads: int, num_cpus: float, parallel: str = "halo") -> Config:
+    config.pipeline.stages, config.pipeline.halo, config.pipeline.parallel = stages, halo, parallel
     config.pipeline.threads, config.pipeline.num_cpus = threads, num_cpus
     config.output.out = str(Path(tempfile.mkdtemp(prefix="pavdm-bench-out-")) / "v.mp4")
     return config

@@ -22,6 +22,7 @@ import torch
 
 from actors.backends.gaussian import GaussianProcessBackend
 from orchestrator.core.config import ModelConfig, ScheduleConfig, Solver
+from orchestrator.core.partition import Partition
 from orchestrator.core.sampler import sample
 from orchestrator.core.schedule import Geometry, ticks
 
@@ -53,13 +54,15 @@ class Impulses:
 
 
 def oracle_statistics(steps: int, solver: str = "euler", eta: float = 0.0, shift: float = 1.0, chunks: int = 60,
-                      skip: int = 8) -> tuple[float, list[float]]:
-    """Exact frame variance and lag-1..3 correlations of a video of `chunks` chunks, over its steady frames."""
+                      skip: int = 8, partition: Partition | None = None) -> tuple[float, list[float]]:
+    """Exact frame variance and lag-1..3 correlations of a video of `chunks` chunks, over its steady frames, made
+    by the reference sampler with `partition` (None: plain PA-VDM)."""
     backend = GaussianProcessBackend(ModelConfig(channels=1, height=1, width=1, rho=RHO))
     geometry = Geometry.from_config(ScheduleConfig(chunk=2, noisy_chunks=6, steps=steps, context_chunks=1,
                                                    shift=shift, stochasticity=eta, solver=solver))
     noise = Impulses(geometry, chunks)
-    responses = torch.cat([x for _, x in sample(backend.velocity, geometry, chunks, noise, lambda m: None)], dim=1)
+    responses = torch.cat([x for _, x in sample(backend.velocity, geometry, chunks, noise, lambda m: None,
+                                                partition=partition)], dim=1)
     assert noise.drawn == noise.chunk_shape[0], "every draw is an input"
     responses = responses[:, :, 0, 0].double()  # [inputs, F]
     cov = responses.T @ responses  # [F, F]: the frames' exact covariance

@@ -86,6 +86,9 @@ def test_init_latents_continue_a_video(tmp_path):
         (["schedule.context_level=30"], "schedule.context_level must be in 0..steps-1 (29), got 30"),
         (["schedule.context_level=1", "schedule.kind=replace_noise"], "a kind other than replace_noise"),
         (["schedule.stochasticity=1.5"], "schedule.stochasticity must be in [0, 1], got 1.5"),
+        (["pipeline.halo=1"], "pipeline.halo=1 applies to pipeline.parallel=halo only"),
+        (["pipeline.parallel=ring"], "pipeline.parallel"),
+        (["pipeline.collective_timeout=0"], "pipeline.collective_timeout must be > 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, message):

@@ -17,7 +17,8 @@ from orchestrator.state.outputs import read_latents
 FRAMES = 240
 ARGS = [
     "--model", "gaussian", "--quiet", "--seconds", "30", "--fps", "8", "metrics.port=0",
-    "pipeline.stages=2", "pipeline.num_cpus=0.5", "pipeline.halo=1", "model.height=32", "model.width=32",
+    "pipeline.stages=2", "pipeline.num_cpus=0.5", "pipeline.parallel=halo", "pipeline.halo=1",
+    "model.height=32", "model.width=32",
     "schedule.chunk=2", "schedule.noisy_chunks=4", "schedule.steps=8", "checkpoint.every_shifts=5",
     "recovery.backoff_seconds=0.2",
 ]

@@ -6,6 +6,7 @@ import torch
 from actors.backends.gaussian import GaussianProcessBackend
 from benchmarks.solver_steps import RHO, errors, oracle_statistics, within
 from orchestrator.core.config import ModelConfig, ScheduleConfig
+from orchestrator.core.partition import Partition
 from orchestrator.core.sampler import NoiseSource, sample
 from orchestrator.core.schedule import Geometry
 
@@ -111,3 +112,12 @@ def test_sampled_statistics_agree_with_the_exact_ones():
     var, lags = statistics(generate(1, 30, frames=1200, chunk=2, side=4, channels=48, solver="dpmpp_3m"))
     exact_var, exact_lags = oracle_statistics(30, "dpmpp_3m")
     assert abs(var - exact_var) < 0.015 and all(abs(a - b) < 0.003 for a, b in zip(lags, exact_lags, strict=True))
+
+
+def test_a_small_halo_breaks_the_temporal_structure_that_plain_pavdm_keeps():
+    """EVALUATION.md, 'Halo damage' (benchmarks/halo_damage.py), at a smaller size: two bands that see no
+    neighbour decorrelate the frames; the whole window's call (plain PA-VDM, and context mode) does not."""
+    _, plain = oracle_statistics(36, chunks=24, skip=6)
+    _, halo_0 = oracle_statistics(36, chunks=24, skip=6, partition=Partition(2, 0))
+    assert abs(plain[0] - RHO) < 0.005, plain
+    assert halo_0[0] < RHO - 0.03, halo_0

@@ -13,7 +13,7 @@ from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
 from orchestrator.core.partition import Partition
 from orchestrator.core.sampler import NoiseSource, sample
 from orchestrator.engine.metrics import PipelineMetrics
-from orchestrator.engine.plan import plan_video
+from orchestrator.engine.plan import initial_chunks, plan_video
 from orchestrator.engine.ray_pipeline import Pipeline, with_stage_cpus
 from orchestrator.engine.runner import run_video
 from orchestrator.entry.generate import GenerationResult, generate
@@ -30,11 +30,11 @@ def ray_cluster():
     ray.shutdown()
 
 
-def small_config(tmp_path, model: ModelConfig, stages: int, halo="all", seconds=2.0) -> Config:
+def small_config(tmp_path, model: ModelConfig, stages: int, halo="all", seconds=2.0, parallel="halo") -> Config:
     config = Config(seconds=seconds, fps=8.0, seed=3, prompts=["0:a red circle", "1:a blue square"])
     config.schedule = ScheduleConfig(chunk=2, noisy_chunks=3, steps=6, context_chunks=1)
     config.model = model
-    config.pipeline.stages, config.pipeline.halo = stages, halo
+    config.pipeline.stages, config.pipeline.halo, config.pipeline.parallel = stages, halo, parallel
     config.pipeline.num_cpus, config.pipeline.threads = 0.25, 1
     config.output.out = str(tmp_path / f"p{stages}-h{halo}.mp4")
     config.output.latents_out = str(tmp_path / f"p{stages}-h{halo}.arrow")
@@ -42,7 +42,7 @@ def small_config(tmp_path, model: ModelConfig, stages: int, halo="all", seconds=
 
 
 def reference_latents(config: Config, partition: Partition) -> torch.Tensor:
-    """The in-process reference sampler with the same partition: [Ch, F, h, w]."""
+    """The in-process reference sampler with the same partition (and initial clip): [Ch, F, h, w]."""
     from actors.backends.base import PromptEncodings
     from actors.backends.factory import build_backend
 
@@ -50,8 +50,9 @@ def reference_latents(config: Config, partition: Partition) -> torch.Tensor:
     plan = plan_video(config, frame_count(config.model))
     encodings = PromptEncodings(backend)
     shape = (backend.latent_shape[0], plan.geometry.chunk, *backend.latent_shape[1:])
+    init = initial_chunks(config.init_latents, backend.latent_shape, plan.geometry.chunk)
     chunks = sample(backend.velocity, plan.geometry, plan.num_chunks, NoiseSource(config.seed, shape),
-                    lambda m: encodings.get(plan.prompts.of(m)), partition=partition)
+                    lambda m: encodings.get(plan.prompts.of(m)), init, partition=partition)
     return torch.cat([x for _, x in chunks], dim=1)[:, : plan.size.latent_frames]
 
 

@@ -49,7 +49,9 @@ def test_pipeline_failures_are_clean(tmp_path, args, message):
 
 
 def test_cli_runs_the_ray_pipeline(tmp_path):
+    """In halo mode, with the one line that says the video is not PA-VDM's."""
     result = run_cli(tmp_path, "--model", "gaussian", "pipeline.stages=2", "pipeline.num_cpus=0.5",
-                     "pipeline.halo=1")
+                     "pipeline.parallel=halo", "pipeline.halo=1")
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("the video differs from PA-VDM's") == 1
     assert (tmp_path / "v.mp4").exists() and (tmp_path / "v.config.yaml").exists()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.core.partition import Partition, band_views
+from orchestrator.core.partition import Partition, band_views, shares
 from orchestrator.core.schedule import Geometry, chunks_for_frames, level_sigmas, ticks, total_ticks
 
 geometries = st.builds(
@@ -98,6 +98,30 @@ def test_bands_cover_every_noisy_chunk_once(g, num_chunks, stages, halo):
             owned += list(view.own)
         n_ctx = len(tick.context)
         assert sorted(owned) == list(range(n_ctx, n_ctx + len(tick.noisy)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometries, st.integers(1, 30), st.integers(2, 7), st.integers(0, 3))
+def test_joint_slices_tile_the_window_and_every_stage_takes_part(g, num_chunks, stages, init):
+    """Context mode: every stage has a slice in every tick (empty ones in fill and drain), the slices tile the
+    window (the last stage's first, the context in it) and each stage updates exactly its own chunks."""
+    stages = min(stages, g.noisy)
+    partition = Partition.from_config(stages, "all", g.noisy, "context")
+    bands = partition.bands(g.noisy)
+    for tick in ticks(g, num_chunks, init):
+        views = band_views(tick, partition, g.noisy)
+        assert sorted(view.stage for view in views) == list(range(stages))
+        n_ctx = len(tick.context)
+        edge = 0
+        for view in sorted(views, key=lambda view: -view.stage):  # window order: the oldest band first
+            if view.start == view.stop:  # an empty slice: nothing to tile
+                assert not view.own
+                continue
+            assert view.start == edge and view.own == range(max(view.start, n_ctx), view.stop)
+            assert [tick.noisy[i - n_ctx].position in bands[view.stage] for i in view.own] == [True] * len(view.own)
+            edge = view.stop
+        assert edge == n_ctx + len(tick.noisy)
+        assert sum(shares(views)) == edge
 
 
 def test_too_many_stages_is_a_user_error():

@@ -44,6 +44,7 @@ class Backend(Protocol):
 
     codec: Codec
     latent_shape: tuple[int, int, int]  # (Ch, h, w) of one latent frame
+    device: torch.device  # where it computes, and where a joint call's collectives run
 
     def encode_prompt(self, text: str) -> Any:
         """Prepare the conditioning of one prompt (a batch of one)."""
@@ -56,6 +57,12 @@ class Backend(Protocol):
 
     def blend_conds(self, before: Any, after: Any, weight: float) -> Any:
         """The conditioning `weight` (0..1) of the way from one prompt's to another's (a prompt transition)."""
+
+    def shared_velocity(self, group: Any, x: torch.Tensor, sigma: torch.Tensor, cond: Any,
+                        frames: tuple[int, ...]) -> torch.Tensor:
+        """A joint call (pipeline.parallel=context): the velocity of this stage's frames x [B, Ch, F_j, h, w] with
+        the whole window in view, made together with the other stages of `group` (a StageGroup); `frames` gives
+        each stage's latent frames, stage 0 first."""
 
 
 class PromptEncodings:

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from actors.backends.collective import StageGroup
 from actors.codecs import IdentityCodec
 from orchestrator.core.config import ModelConfig
 
@@ -50,6 +51,7 @@ class GaussianProcessBackend:
         self.spectrum = power_spectrum(cfg.height, cfg.width, cfg.spectrum_exponent, cfg.spectrum_k0)
         self.levels, self.mode_level = torch.unique(self.spectrum.flatten(), return_inverse=True)  # [U], [HW]
         self.codec = gaussian_codec(cfg)
+        self.device = torch.device("cpu")
 
     def encode_prompt(self, text: str) -> None:
         return None
@@ -71,8 +73,8 @@ class GaussianProcessBackend:
             out[:, f] = self.rho * out[:, f - 1] + math.sqrt(1 - self.rho**2) * field[:, f]
         return out.float()
 
-    def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """E[x0 | x] for x [B, Ch, F, H, W] with per-frame levels sigma [B, F]."""
+    def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """E[x0 | x] for x [B, Ch, F, H, W] with per-frame levels sigma [B, F], at the frames `rows` only."""
         b, ch, f, h, w = x.shape
         s = sigma.to(torch.float64)  # [B, F]
         keep = 1 - s  # [B, F] diagonal of D
@@ -80,18 +82,35 @@ class GaussianProcessBackend:
         lam = self.levels.view(1, -1, 1, 1)  # [1, U, 1, 1]
         dsd = keep[:, None, :, None] * cov * keep[:, None, None, :]  # [B, 1, F, F]
         system = lam * dsd + torch.diag_embed(s**2)[:, None]  # [B, U, F, F]
-        cross = lam * cov * keep[:, None, None, :]  # [B, U, F, F] = lambda Sigma D
-        gain = torch.linalg.solve(system, cross, left=False)  # [B, U, F, F] = cross @ system^-1
+        cross = lam * cov[rows] * keep[:, None, None, :]  # [B, U, R, F] = rows of lambda Sigma D
+        gain = torch.linalg.solve(system, cross, left=False)  # [B, U, R, F] = cross @ system^-1
         spec = torch.fft.fft2(x.to(torch.float64), norm="ortho")  # [B, Ch, F, H, W] complex
         modes = spec.permute(0, 3, 4, 2, 1).reshape(b, h * w, f, ch)  # [B, HW, F, Ch]
-        per_mode_gain = gain[:, self.mode_level]  # [B, HW, F, F]
-        mean = per_mode_gain.to(modes.dtype) @ modes  # [B, HW, F, Ch]
-        mean = mean.reshape(b, h, w, f, ch).permute(0, 4, 3, 1, 2)  # [B, Ch, F, H, W]
+        per_mode_gain = gain[:, self.mode_level]  # [B, HW, R, F]
+        mean = per_mode_gain.to(modes.dtype) @ modes  # [B, HW, R, Ch]
+        mean = mean.reshape(b, h, w, gain.shape[-2], ch).permute(0, 4, 3, 1, 2)  # [B, Ch, R, H, W]
         return torch.fft.ifft2(mean, norm="ortho").real
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: None = None) -> torch.Tensor:
         """E[eps - x0 | x] = (x - E[x0 | x]) / sigma; zero on clean frames, which are never updated."""
-        x0 = self.posterior_mean(x, sigma)  # [B, Ch, F, H, W]
-        s = sigma.to(torch.float64)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+        return self._velocity_at(x, sigma, x, sigma)
+
+    def shared_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: None,
+                        frames: tuple[int, ...]) -> torch.Tensor:
+        """A joint call: the window's latents and levels are gathered from the stages (they are small) and the
+        posterior is solved for this stage's frames only. x [B, Ch, F_j, H, W], sigma [B, F_j] -> v like x."""
+        sizes = list(frames)
+        window = group.gather(x, sizes, dim=2)  # [B, Ch, F, H, W]
+        levels = group.gather(sigma, sizes, dim=1)  # [B, F]
+        if not x.shape[2]:  # an empty band brings nothing and needs nothing
+            return torch.empty_like(x)
+        start = group.offset(sizes)
+        return self._velocity_at(window, levels, x, sigma, slice(start, start + x.shape[2]))
+
+    def _velocity_at(self, window: torch.Tensor, levels: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor,
+                     rows: slice = slice(None)) -> torch.Tensor:
+        """The velocity at the frames `rows` of `window` (levels [B, F]), whose latents and levels are x, sigma."""
+        x0 = self.posterior_mean(window, levels, rows)  # [B, Ch, R, H, W]
+        s = sigma.to(torch.float64)[:, None, :, None, None]  # [B, 1, R, 1, 1]
         v = torch.where(s > 0, (x.to(torch.float64) - x0) / s.clamp_min(1e-12), torch.zeros_like(x0))
         return v.to(x.dtype)

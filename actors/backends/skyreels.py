@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from actors.backends.collective import StageGroup
+from actors.backends.skyreels_joint import JointCalls
 from actors.backends.text import TextEncoder, load_text_encoder
 from actors.codecs import IdentityCodec, WanVaeCodec
 from orchestrator.core.config import ModelConfig
@@ -59,6 +61,7 @@ class SkyReelsBackend:
         self.dtype = getattr(torch, cfg.dtype)
         self.guidance = cfg.guidance_scale
         self.negative_prompt = cfg.negative_prompt
+        self.joint: JointCalls | None = None  # installed by the first joint call
         try:
             self.transformer = SkyReelsV2Transformer3DModel.from_pretrained(
                 cfg.path, subfolder="transformer", torch_dtype=self.dtype
@@ -121,3 +124,15 @@ class SkyReelsBackend:
             conditional, unconditional = out.chunk(2)
             out = unconditional + self.guidance * (conditional - unconditional)
         return out.to(x.device)
+
+    def shared_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond,
+                        frames: tuple[int, ...]) -> torch.Tensor:
+        """A joint call: v of this stage's frames x [B, Ch, F_j, h, w] (sigma [B, F_j]) with self-attention over
+        the whole window, split among the stages as `frames` (actors/backends/skyreels_joint.py)."""
+        if self.joint is None:
+            self.joint = JointCalls(self.transformer)
+        with self.joint.window(group, frames, *x.shape[3:]) as share:
+            if x.shape[2]:
+                return self.velocity(x, sigma, cond)
+            self.joint.take_part(share, len(x) * (1 if cond.negative is None else 2))
+            return torch.empty_like(x)

@@ -96,8 +96,16 @@ class PipelineConfig:
     executor: str = "auto"
     """Where the stages run: process (this process, no Ray), ray (Ray actors), or auto = ray when P > 1,
     pipeline.num_gpus > 0 or a cluster is named (pipeline.ray_address or RAY_ADDRESS), else process."""
+    parallel: Literal["context", "halo"] = "context"
+    """How P > 1 stages share a model call: context = together, every stage computing only its own band's tokens
+    while self-attention reaches the whole window through collectives (exact PA-VDM); halo = each band calls the
+    model alone on its chunks and pipeline.halo neighbours (docs/design.md §2)."""
     halo: Any = "all"
-    """h: neighbouring chunks each band sees on each side, an integer >= 0 or 'all' (exact PA-VDM)."""
+    """h (parallel=halo only): neighbouring chunks each band sees on each side, an integer >= 0, or 'all' (every
+    stage computes the whole window: exact PA-VDM at P-fold compute)."""
+    collective_timeout: float = 60.0
+    """Seconds a stage waits in a collective (parallel=context) for the other stages before it gives up; a stage
+    that died is then recovered like any other."""
     num_cpus: float = 0.0
     """CPUs Ray reserves per stage actor; fractions allowed (e.g. 0.5 to fit several stages on a core); 0 = an equal
     share of the CPUs the cluster has free when the stages start, at most one node's worth."""
@@ -306,12 +314,20 @@ def validate(config: Config) -> None:
     halo = config.pipeline.halo
     if not (halo == "all" or (isinstance(halo, int) and not isinstance(halo, bool) and halo >= 0)):
         raise UserError(f"pipeline.halo must be an integer >= 0 or 'all', got {halo!r}")
+    if config.pipeline.parallel == "context" and halo != "all":
+        raise UserError(f"pipeline.halo={halo} applies to pipeline.parallel=halo only (context mode is exact and "
+                        "needs no halo): add pipeline.parallel=halo")
+    if not config.pipeline.collective_timeout > 0:
+        raise UserError(f"pipeline.collective_timeout must be > 0, got {config.pipeline.collective_timeout}")
     if config.pipeline.stages < 0:
         raise UserError(f"pipeline.stages must be >= 0 (0 = in process), got {config.pipeline.stages}")
     if config.pipeline.executor not in EXECUTORS:
         raise UserError(f"pipeline.executor must be one of {', '.join(EXECUTORS)}, got {config.pipeline.executor!r}")
     if config.pipeline.stages == 0 and config.pipeline.executor == "ray":
         raise UserError("pipeline.stages=0 runs in this process; pipeline.executor=ray needs pipeline.stages >= 1")
+    if config.pipeline.executor == "process" and config.pipeline.stages > 1 and config.pipeline.parallel == "context":
+        raise UserError("pipeline.parallel=context shares each model call among stages on Ray (pipeline.executor=ray "
+                        "or auto); in this process one stage makes the same video")
     if config.pipeline.threads < 0:
         raise UserError(f"pipeline.threads must be >= 0 (0 = automatic), got {config.pipeline.threads}")
     if config.pipeline.num_cpus < 0 or config.pipeline.num_gpus < 0:
@@ -346,10 +362,10 @@ VIDEO_KEYS = ("model", "schedule", "seed", "prompts", "seconds", "fps", "init_la
 
 def video_identity(config: Config) -> dict[str, Any]:
     """The flattened settings a video is a pure function of: VIDEO_KEYS, the frame size it is written at
-    (output.scale) and, unless halo is 'all', the partition."""
+    (output.scale) and, for a halo other than 'all', the partition."""
     plain = OmegaConf.to_container(OmegaConf.structured(config))
     identity = _flatten({key: plain[key] for key in VIDEO_KEYS}) | {"output.scale": config.output.scale}
-    if config.pipeline.halo != "all":
+    if config.pipeline.parallel == "halo" and config.pipeline.halo != "all":
         identity |= {"pipeline.stages": max(config.pipeline.stages, 1), "pipeline.halo": config.pipeline.halo}
     return identity
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.core.partition import BandView, Partition, band_views
+from orchestrator.core.partition import BandView, Partition, band_views, shares
 from orchestrator.core.schedule import Tick
 
 
@@ -20,6 +20,7 @@ class StageTick:
     emit: tuple[int, ...]  # chunks that finish in this stage's band this tick
     prompt: str
     final: bool = False  # the stream's last tick: the stage forgets it afterwards
+    shares: tuple[int, ...] = ()  # joint partition: the chunks every stage's slice holds, stage 0 first
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TickPlanner:
     def plan(self, tick: Tick, prompt: str) -> list[tuple[StageTick, set[int]]]:
         """For every stage: its StageTick and the stages whose published chunks it reads."""
         views = {view.stage: view for view in band_views(tick, self.partition, self.noisy)}
+        split = shares(list(views.values())) if self.partition.joint else ()
         context_after = tick.context_after(self.context)
         entries = [c.chunk for c in tick.context] + [u.chunk for u in tick.noisy]
         plans = []
@@ -52,6 +54,7 @@ class TickPlanner:
             wanted = keep | (set(entries[view.start : view.stop]) if view else set())
             draw = tuple(m for m in tick.entering if m in wanted)
             sources = {self.holder[m] for m in wanted - set(draw)} - {j}
-            plans.append((StageTick(tick, view, draw, frozenset(keep), frozenset(wanted), emit, prompt), sources))
+            plans.append((StageTick(tick, view, draw, frozenset(keep), frozenset(wanted), emit, prompt,
+                                    shares=split), sources))
         self.holder = {m: j for j, (stage_tick, _) in enumerate(plans) for m in stage_tick.keep}
         return plans

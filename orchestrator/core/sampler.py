@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -153,25 +154,35 @@ def band_inputs(
 
 @dataclass(frozen=True)
 class BandCall:
-    """One band's share of a model call: its slice (oldest first), their sigmas, and the chunks it updates."""
+    """One band's share of a model call: its slice (oldest first; empty for an empty band in a joint call), their
+    sigmas, the chunks it updates, and the shape of one chunk."""
 
     chunks: list[torch.Tensor]  # each [Ch, C, h, w]
     sigmas: list[float]
     own: list[OwnStep]
     cond: Any
+    chunk_shape: tuple[int, ...]  # [Ch, C, h, w]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self.chunks), *self.chunks[0].shape)
+        return (len(self.chunks), *self.chunk_shape)
+
+    def latents(self) -> torch.Tensor:
+        """The slice as one tensor [Ch, F, h, w] (F = 0 for an empty slice)."""
+        if not self.chunks:
+            ch, _, h, w = self.chunk_shape
+            return torch.empty(ch, 0, h, w)
+        return torch.cat(self.chunks, dim=1)
 
 
 def denoise_batch(velocity: VelocityFn, grid: LevelGrid, calls: list[BandCall], join_conds: Callable[[list], Any]
                   ) -> list[list[tuple[torch.Tensor, Any]]]:
     """One model call over several band slices of one shape (streams batched along B); steps only each slice's own
     chunks. Returns, per call, (updated chunk, its new history or None) in the order of `own`."""
-    frames = calls[0].chunks[0].shape[1]
-    x = torch.stack([torch.cat(call.chunks, dim=1) for call in calls])  # [B, Ch, F, h, w]
-    sig = torch.tensor([call.sigmas for call in calls], dtype=torch.float32).repeat_interleave(frames, dim=1)  # [B, F]
+    frames = calls[0].chunk_shape[1]
+    x = torch.stack([call.latents() for call in calls])  # [B, Ch, F, h, w]
+    sig = torch.tensor([call.sigmas for call in calls], dtype=torch.float32).reshape(len(calls), -1)  # [B, F/C]
+    sig = sig.repeat_interleave(frames, dim=1)  # [B, F]
     v = velocity(x, sig, join_conds([call.cond for call in calls]))  # [B, Ch, F, h, w]
     updated = []
     for call, v_call in zip(calls, v, strict=True):
@@ -181,19 +192,36 @@ def denoise_batch(velocity: VelocityFn, grid: LevelGrid, calls: list[BandCall], 
     return updated
 
 
+class SharedVelocityFn(Protocol):
+    """A joint call's contract: this stage's slice x[B, C, F_j, H, W] and sigma[B, F_j] of a window split among the
+    stages as `frames` (latent frames per stage, stage 0 first) -> v of this stage's slice, computed with the whole
+    window in view; every stage makes the same calls, in the same order."""
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any, frames: tuple[int, ...]) -> torch.Tensor: ...
+
+
 def denoise_views(
     velocity: VelocityFn, join_conds: Callable[[list], Any], grid: LevelGrid,
     bands: list[tuple[Tick, BandView, Window, NoiseSource, Any]],
+    shares: list[tuple[int, ...]] | None = None, shared: SharedVelocityFn | None = None,
 ) -> list[Window]:
     """Every band's call of one tick, one per (tick, view, window, noise, cond) entry; bands whose slices have the
-    same shape share one batched model call. Returns each band's own chunks after the step, with their history."""
-    calls = [BandCall(*band_inputs(tick, view, window, noise, grid), cond) for tick, view, window, noise, cond in bands]
+    same shape share one batched model call. Returns each band's own chunks after the step, with their history.
+
+    Joint calls: with `shares` (one per entry: how its window is split among the stages), the entries split alike
+    share one batched call through `shared`, made together with the other stages in sorted order of the split."""
+    calls = [BandCall(*band_inputs(tick, view, window, noise, grid), cond, noise.chunk_shape)
+             for tick, view, window, noise, cond in bands]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, call in enumerate(calls):
-        groups.setdefault(call.shape, []).append(i)
+        groups.setdefault(call.shape if shares is None else shares[i], []).append(i)
     updated: list[list] = [[] for _ in calls]
-    for members in groups.values():
-        for i, steps in zip(members, denoise_batch(velocity, grid, [calls[i] for i in members], join_conds),
+    for key in sorted(groups):
+        members = groups[key]
+        per_chunk = calls[members[0]].chunk_shape[1]
+        call_velocity = velocity if shares is None else functools.partial(shared, frames=tuple(
+            n * per_chunk for n in key))
+        for i, steps in zip(members, denoise_batch(call_velocity, grid, [calls[i] for i in members], join_conds),
                             strict=True):
             updated[i] = steps
     results = []
@@ -226,13 +254,14 @@ def sample(
     """Yield (chunk index, clean latents [Ch, C, H, W]) in order; memory holds only the window.
 
     init_context: clean chunks of an initial clip, oldest first; the last K become the context.
-    With partition P > 1, every band calls the model on its own chunks plus its halo, all reading the
-    window as it was at the start of the tick, and only its own chunks are updated.
+    With a halo partition P > 1, every band calls the model on its own chunks plus its halo, all reading the
+    window as it was at the start of the tick, and only its own chunks are updated. A joint partition's call is
+    the whole window's, so it samples as plain PA-VDM.
     resume: (next tick, window, number of initial clip chunks) from a checkpoint.
     on_boundary(tick, window) is called after every last tick of a shift, once its finished chunks
     have been yielded; on_tick(tick) at the end of every tick, after on_boundary.
     """
-    partition = partition or Partition()
+    partition = Partition() if partition is None or partition.joint else partition
     grid = LevelGrid.of(geometry)
     init = list(init_context)
     start, window, init_count = resume if resume else (0, Window({i - len(init): x for i, x in enumerate(init)}),

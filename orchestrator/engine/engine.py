@@ -324,6 +324,8 @@ class TickClock:
             self.busy[s.stage] += s.call_seconds
             self.metrics.call_seconds.labels(run, stage).observe(s.call_seconds)
             self.metrics.handoff_bytes.labels(run, stage).inc(s.received_bytes)
+            self.metrics.collective_seconds.labels(run, stage).observe(s.collective_seconds)
+            self.metrics.collective_bytes.labels(run, stage).inc(s.collective_bytes)
             if self.last_end is not None:
                 self.metrics.handoff_seconds.labels(run, stage).observe(max(0.0, s.started - self.last_end))
         self.metrics.batch_streams.labels(run).observe(max(s.streams for s in stats))

@@ -47,6 +47,12 @@ class PipelineMetrics:
         self.handoff_seconds = Histogram("pavdm_handoff_wait_seconds",
                                          "Time a stage's tick waited after its inputs were published",
                                          [*run, "stage"], buckets=TICK_BUCKETS, registry=reg)
+        self.collective_seconds = Histogram("pavdm_collective_seconds",
+                                            "Time a stage spent in one tick's collectives (joint calls)",
+                                            [*run, "stage"], buckets=TICK_BUCKETS, registry=reg)
+        self.collective_bytes = Counter("pavdm_collective_bytes",
+                                        "Bytes a stage received from the other stages in collectives (joint calls)",
+                                        [*run, "stage"], registry=reg)
         self.fps = Gauge("pavdm_frames_per_second", "Frames written per second since the run started", run,
                          registry=reg)
         self.eta = Gauge("pavdm_eta_seconds", "Estimated seconds until the video is complete", run, registry=reg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
+from actors.backends.collective import PeerLost
 from orchestrator.core.errors import UserError
 
 
@@ -24,7 +25,8 @@ def unwrap_get(ref):
 
 
 def stage_died(err: BaseException) -> bool:
-    """A stage or the sink process is gone (killed, node lost), as opposed to an error in our code."""
+    """A stage or the sink process is gone (killed, node lost), as opposed to an error in our code; a stage whose
+    collective with the others failed (a peer gone, or not there within pipeline.collective_timeout) counts too."""
     return isinstance(err, RayActorError | ObjectLostError) or (
-        isinstance(err, RayTaskError) and isinstance(err.cause, RayActorError | ObjectLostError)
+        isinstance(err, RayTaskError) and isinstance(err.cause, RayActorError | ObjectLostError | PeerLost)
     )

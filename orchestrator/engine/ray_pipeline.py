@@ -104,6 +104,19 @@ class Pipeline:
             self.shutdown()
             raise
         self.latent_shape = shapes[0]
+        if cfg.parallel == "context" and cfg.stages > 1:
+            self.form_group(cfg.collective_timeout)
+
+    def form_group(self, timeout: float) -> None:
+        """The stages' process group for joint calls: stage 0 names a meeting place, then all join at once."""
+        first = self.stages[0]
+        address = ray.get(first.__ray_call__.remote(lambda stage: ray.util.get_node_ip_address()))
+        port = ray.get(first.free_port.remote())
+        try:
+            ray.get([stage.join.remote(address, port, len(self.stages), timeout) for stage in self.stages])
+        except BaseException:
+            self.shutdown()
+            raise
 
     def open(self, stream, config, size, prompts, workdir, resume) -> None:
         unwrap_get(self.sink.open.remote(stream, config, size, prompts, workdir, resume))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Generator, Iterator
 
@@ -11,6 +12,7 @@ from tqdm import tqdm
 from actors.backends.base import Backend
 from actors.backends.factory import build_backend
 from orchestrator.core.config import Config, ModelConfig, PipelineConfig
+from orchestrator.core.partition import Partition
 from orchestrator.core.schedule import Tick
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.executor import Executor
@@ -21,6 +23,7 @@ from orchestrator.engine.plan import frame_progress
 from orchestrator.engine.steering import Steering
 from orchestrator.state.runs import RunFolder
 
+log = logging.getLogger(__name__)
 BackendOf = Callable[[ModelConfig], Backend]
 OnExecutor = Callable[[Executor | None], None]
 
@@ -39,6 +42,11 @@ def job_steps(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tq
     """Run every job of `queue` until it is closed and empty, on the executor `config` asks for; on_executor hears
     of every executor built (and of None when it goes). In process, with keep_chunks, yields every chunk once
     written; backend_of loads the in-process model. Returns the number of pipeline restarts (Ray only)."""
+    pipe = config.pipeline
+    note = Partition.from_config(max(pipe.stages, 1), pipe.halo, config.schedule.noisy_chunks, pipe.parallel
+                                 ).approximation_note()
+    if note:
+        log.warning(note)
     if uses_ray(config.pipeline):
         from orchestrator.engine.ray_pipeline import run_on_ray
 

@@ -1,0 +1,128 @@
+"""Joint SkyReels-V2 calls: each stage runs the transformer on its own frames' tokens; self-attention gathers the
+keys and values of the whole window from the stages (context parallelism by an all-gather of K and V).
+
+Everything but self-attention acts on one token at a time (patch embedding, per-frame timestep modulation, norms,
+feed-forward, cross-attention to the text, the output projection), so it runs unchanged on a stage's own tokens;
+two pieces of the diffusers model are swapped in while a joint call runs: the rotary embedding, which must give
+a stage's tokens their positions in the whole window, and the self-attention processor, whose queries are the
+stage's tokens and whose keys and values are the window's. This is our own small processor rather than diffusers'
+context parallelism (`enable_parallelism`), which in 0.42.1 splits one full input evenly over the ranks (here each
+stage holds only its band, bands are uneven and may be empty during fill and drain), needs the head count
+divisible by the ranks (Ulysses), divides by the accelerator count (zero on CPU-only torch), and sends SkyReels'
+cross-attention through the parallel path too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actors.backends.collective import StageGroup
+from orchestrator.core.errors import UserError
+
+
+@dataclass
+class WindowShare:
+    """The joint call in progress: the group, and this stage's tokens within the window's."""
+
+    group: StageGroup
+    tokens: list[int]  # tokens of each stage's share, stage 0 first
+    offset: int  # this stage's first token in the window
+    frames: int  # the window's frames after patching
+
+
+class WindowRope(nn.Module):
+    """The model's rotary embedding, cut to this stage's tokens of the window during a joint call."""
+
+    def __init__(self, rope: nn.Module):
+        super().__init__()
+        self.rope = rope
+        self.share: WindowShare | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.share is None:
+            return self.rope(hidden_states)
+        b, ch, _, h, w = hidden_states.shape
+        p_t = self.rope.patch_size[0]
+        whole = torch.empty(b, ch, self.share.frames * p_t, h, w, device="meta")  # only its shape is read
+        cos, sin = self.rope(whole)  # [1, T, 1, D] each, the whole window
+        mine = slice(self.share.offset, self.share.offset + self.share.tokens[self.share.group.rank])
+        return cos[:, mine], sin[:, mine]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, n, H, d] by cos, sin [1, n, 1, d] (each angle given for both of its pair)."""
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, n, H, d/2] each
+    c, s = cos[..., 0::2], sin[..., 0::2]
+    return torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2).type_as(x)
+
+
+class JointSelfAttention:
+    """attn1's processor: outside a joint call the model's own; inside one, queries of this stage's tokens attend
+    to the keys and values of every token of the window, gathered from the stages."""
+
+    def __init__(self, plain, rope: WindowRope):
+        self.plain, self.rope = plain, rope
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None) -> torch.Tensor:
+        share = self.rope.share
+        if share is None:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [B, n, H, d]
+        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))  # [B, n, H, d]
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))  # [B, n, H, d]
+        query, key = rotate(query, *rotary_emb), rotate(key, *rotary_emb)
+        key, value = gather_keys_values(share, key, value)  # [B, T, H, d] each
+        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)))  # [B, H, n, d]
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)  # [B, n, H*d]
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def gather_keys_values(share: WindowShare, key: torch.Tensor, value: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window's keys and values [B, T, H, d] from this stage's [B, n, H, d]: one all-gather for both."""
+    both = share.group.gather(torch.stack([key, value]), share.tokens, dim=2)  # [2, B, T, H, d]
+    return both[0], both[1]
+
+
+class JointCalls:
+    """Installs WindowRope and JointSelfAttention in a SkyReels-V2 transformer; `window` runs a joint call."""
+
+    def __init__(self, transformer):
+        if transformer.config.num_frame_per_block > 1:
+            raise UserError("pipeline.parallel=context needs a model with full attention (num_frame_per_block = 1); "
+                            "use pipeline.parallel=halo")
+        self.transformer = transformer
+        self.rope = WindowRope(transformer.rope)
+        transformer.rope = self.rope
+        for block in transformer.blocks:
+            block.attn1.set_processor(JointSelfAttention(block.attn1.processor, self.rope))
+
+    @contextlib.contextmanager
+    def window(self, group: StageGroup, frames: tuple[int, ...], height: int, width: int) -> Iterator[WindowShare]:
+        """While open, the model computes this stage's share of a window split as `frames` (latent frames per
+        stage, stage 0 first) of height x width latents."""
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        if any(f % p_t for f in frames):
+            raise UserError(f"pipeline.parallel=context needs schedule.chunk to be a multiple of the model's "
+                            f"temporal patch {p_t}")
+        tokens = [f // p_t * (height // p_h) * (width // p_w) for f in frames]
+        self.rope.share = WindowShare(group, tokens, group.offset(tokens), sum(frames) // p_t)
+        try:
+            yield self.rope.share
+        finally:
+            self.rope.share = None
+
+    def take_part(self, share: WindowShare, rows: int) -> None:
+        """A joint call to which this stage brings no tokens: it still joins every layer's gather."""
+        attn = self.transformer.blocks[0].attn1
+        nothing = torch.empty(2, rows, 0, attn.heads, attn.inner_dim // attn.heads,
+                              dtype=self.transformer.dtype, device=self.transformer.device)  # [2, B, 0, H, d]
+        for _ in self.transformer.blocks:
+            share.group.gather(nothing, share.tokens, dim=2)

@@ -29,7 +29,7 @@ def run_cli(tmp_path, *args) -> subprocess.CompletedProcess:
         (["--model", "gaussian", "pipeline.stages=7"], "exceeds the 6 noisy chunks"),
         (["--model", "gaussian", "pipeline.num_gpus=1"], "need 1 GPUs but the Ray cluster has 0"),
         (["--model", "gaussian", "pipeline.stages=3", "pipeline.num_cpus=1"], "need 3 CPUs"),
-        (["model.backend=diffusers", "model.path=."], "the model could not be built"),
+        (["model.backend=diffusers", "model.path=."], "cannot load a SkyReels-V2 transformer from '.'"),
         (["model.backend=diffusers", "model.path=.", "pipeline.executor=ray"], "a stage could not build its model"),
     ],
 )

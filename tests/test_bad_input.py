@@ -187,8 +187,8 @@ def test_7_one_seed_rule_for_cli_batch_and_api(capsys, tmp_path, seed, fine):
 
 @pytest.mark.parametrize("prompts, words", [
     (["12:30 meeting"], "written with its time, e.g. '0:12:30 meeting'"),
-    (["a", "inf:b"], "starts at inf s; a start time is a finite number of seconds >= 0"),
-    (["-1:x"], "starts at -1 s; a start time is a finite number of seconds >= 0"),
+    (["a", "inf:b"], "starts at inf s; a start time and a transition are finite numbers of seconds >= 0"),
+    (["-1:x"], "starts at -1 s; a start time and a transition are finite numbers of seconds >= 0"),
 ])
 def test_8_prompt_schedules(tmp_path, capsys, prompts, words):
     flags = [item for prompt in prompts for item in ("--prompt", prompt)]

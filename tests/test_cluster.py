@@ -114,7 +114,9 @@ def drive(name: str, temp: Path, lose_second_at: int | None, results) -> None:
         if lose_second_at is not None and frames >= lose_second_at and not lost:
             lost.extend(p for p in processes_of(temp) if p.name() == "raylet"
                         and any(SECOND in arg for arg in p.cmdline()))
-            lost[0].send_signal(signal.SIGKILL)
+            workers = lost[0].children(recursive=True)  # a lost node takes its workers (the stage) with it
+            for process in [lost[0], *workers]:
+                process.send_signal(signal.SIGKILL)
 
     job.on_frames = lose_the_second_node
     restarts = run_jobs(config, JobQueue([job], closed=True), PipelineMetrics(name, 2), on_executor=record)

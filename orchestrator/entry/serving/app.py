@@ -52,6 +52,9 @@ def settings_from_env() -> dict:
 def service_config(root: str, model: str, overrides: list[str]) -> Config:
     config = load_config([], overrides, model=model)
     config.run.root = root
+    if config.serve.max_live_seconds > config.run.max_seconds:
+        raise UserError(f"serve.max_live_seconds must be at most run.max_seconds ({config.run.max_seconds:g}), "
+                        f"got {config.serve.max_live_seconds:g}")
     return config
 
 

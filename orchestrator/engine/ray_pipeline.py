@@ -27,6 +27,8 @@ from orchestrator.engine.ray_errors import remote_cause, stage_died, unwrap_get
 log = logging.getLogger(__name__)
 
 
+SINK_NICENESS = 10  # the sink actor's: its work waits for the stages' (see Pipeline)
+
 # A cluster of our own: its workers at the driver's priority (Ray starts them at niceness 15, behind every other
 # process on the node), and a bounded record of finished tasks in the GCS (several tasks run per tick).
 OWN_CLUSTER = {"worker_niceness": 0, "task_events_max_num_task_in_gcs": 10_000}
@@ -88,6 +90,8 @@ class Pipeline:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         sink_cls = ray.remote(concurrency_groups={Sink.SUBSCRIBERS: 8})(Sink)
         self.sink = sink_cls.options(num_cpus=0, scheduling_strategy=here).remote()  # writes files on this node
+        # The sink's encoding is off the critical path (ticks run ahead of it): it yields the cores to the stages.
+        self.sink.__ray_call__.remote(lambda sink: os.nice(SINK_NICENESS))
         try:
             shapes = ray.get([stage.ready.remote() for stage in self.stages], timeout=cfg.start_timeout)
         except RayTaskError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Generator, Iterator
 
 from tqdm import tqdm
@@ -83,7 +84,7 @@ def one_job(config: Config, run: RunFolder, progress: bool, steering: Steering |
         def on_frames(frames: int) -> None:
             nonlocal announced
             if not announced and job.first_frame_seconds is not None:
-                bar.write(f"first frame after {job.first_frame_seconds:.1f} s")
+                bar.write(f"first frame after {job.first_frame_seconds:.1f} s", file=sys.stderr)  # beside the bar
                 announced = True
             bar.total = job.frames_total
             bar.update(frames - bar.n)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import ray
 
-from actors.backends.factory import build_backend, frame_count
-from benchmarks.pipeline import run_once, time_pipeline, time_reference, with_topology
+from actors.backends.factory import frame_count
+from benchmarks.pipeline import run_once, runner_for, with_topology
 from orchestrator.core.config import Config
 from orchestrator.core.schedule import total_ticks
 from orchestrator.engine.metrics import PipelineMetrics
@@ -44,14 +44,7 @@ def speed(args) -> None:
         "ray P=2 context (1 thread each)": shipped(args.seconds, 2, 1, 0.5),
         "in process (2 threads)": shipped(args.seconds, 0, 2, 0.5),
     }
-    runners = {}
-    for label, config in configs.items():
-        if config.pipeline.stages == 0:
-            backend = build_backend(config.model)
-            runners[label] = lambda c=config, b=backend: time_reference(c, b)
-        else:
-            pipeline = Pipeline(config)
-            runners[label] = lambda c=config, p=pipeline: time_pipeline(p, c)
+    runners = {label: runner_for(config) for label, config in configs.items()}
     times = {label: [run() for _ in range(args.repeats)] for label, run in runners.items()}
     frames = round(args.seconds * next(iter(configs.values())).fps)
     fps = {label: frames / statistics.median(runs) for label, runs in times.items()}

@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -63,17 +64,20 @@ def median_fps(frames: int, runs: list[float]) -> float:
     return frames / statistics.median(runs)
 
 
+def runner_for(config: Config) -> Callable[[], float]:
+    """One timed video of `config` per call, its model loaded (or its Ray stages built) once, now: in process for
+    pipeline.stages = 0, else on a Ray pipeline."""
+    if config.pipeline.stages == 0:
+        backend = build_backend(config.model)
+        return lambda: time_reference(config, backend)
+    pipeline = Pipeline(config)
+    return lambda: time_pipeline(pipeline, config)
+
+
 def compare(args, label_a: str, config_a: Config, label_b: str, config_b: Config) -> None:
     """Alternate runs of A and B; print medians and the ratio B / A in frames/s."""
     frames = round(config_a.seconds * config_a.fps)
-    runners = {}
-    for label, config in ((label_a, config_a), (label_b, config_b)):
-        if config.pipeline.stages == 0:
-            backend = build_backend(config.model)
-            runners[label] = lambda c=config, b=backend: time_reference(c, b)
-        else:
-            pipeline = Pipeline(config)
-            runners[label] = lambda p=pipeline, c=config: time_pipeline(p, c)
+    runners = {label: runner_for(config) for label, config in ((label_a, config_a), (label_b, config_b))}
     for run in runners.values():
         run()  # warm-up
     times = {label: [] for label in runners}

@@ -12,3 +12,14 @@ def timing_parser(doc: str, seconds: float, threads: int) -> argparse.ArgumentPa
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs whose median is reported (default 3)")
     return parser
+
+
+def start_ray(num_cpus: int | None = None) -> None:
+    """A local Ray cluster set up as `pavdm` sets up its own: workers at the driver's priority (Ray's default
+    niceness 15 would put the stages behind every other process) and a bounded record of finished tasks."""
+    import ray
+
+    from orchestrator.engine.ray_pipeline import OWN_CLUSTER
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _system_config=OWN_CLUSTER)

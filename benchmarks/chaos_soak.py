@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ray
 
+from benchmarks import start_ray
 from benchmarks.chaos import KILLS, random_case, run_case
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     rng = random.Random(seed)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_ray(2)
     address = ray.get_runtime_context().gcs_address
     started = time.time()
     runs, kills, frames, lost = collections.Counter(), collections.Counter(), 0, []

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import timing_parser
+from benchmarks import start_ray, timing_parser
 from orchestrator.core.config import Config
 from orchestrator.engine.executor import Executor
 from orchestrator.engine.local import InProcessExecutor, process_threads
@@ -56,13 +56,12 @@ def timed_video(executor: Executor, config: Config) -> tuple[float, float, int]:
 def rate(args) -> None:
     import ray
 
-    from orchestrator.engine.ray_pipeline import OWN_CLUSTER, Pipeline
+    from orchestrator.engine.ray_pipeline import Pipeline
 
     threads = process_threads(args.threads)
     configs = {"in process": shipped_config(args.seconds, threads, "process"),
                "Ray, one stage": shipped_config(args.seconds, threads, "ray")}
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             _system_config=OWN_CLUSTER)
+    start_ray(threads)
     try:
         executors = {"in process": InProcessExecutor(configs["in process"]),
                      "Ray, one stage": Pipeline(configs["Ray, one stage"])}

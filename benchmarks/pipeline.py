@@ -19,7 +19,7 @@ import psutil
 import ray
 
 from actors.backends.factory import build_backend, frame_count
-from benchmarks import timing_parser
+from benchmarks import start_ray, timing_parser
 from benchmarks.bench_model import bench_config, temp_bench_model
 from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
 from orchestrator.core.schedule import total_ticks
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--frames", type=int, default=2000)
     args = parser.parse_args()
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_ray()
     try:
         {"overhead": overhead, "scaling": scaling, "ticks": ticks, "memory": memory}[args.which](args)
     finally:

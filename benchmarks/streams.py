@@ -16,7 +16,7 @@ import time
 
 import ray
 
-from benchmarks import timing_parser
+from benchmarks import start_ray, timing_parser
 from orchestrator.core.config import Config
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.jobs import JobQueue, StreamJob
@@ -55,7 +55,7 @@ def main() -> None:
     base = load_config([], [f"seconds={args.seconds}", "metrics.port=0", "pipeline.stages=1",
                             f"pipeline.threads={args.threads}", "pipeline.num_cpus=1",
                             "checkpoint.every_shifts=20", *args.overrides], model="tiny")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_ray(2)
     try:
         rates = {}
         for count in args.streams:

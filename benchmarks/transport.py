@@ -13,6 +13,8 @@ import time
 import ray
 import torch
 
+from benchmarks import start_ray
+
 
 @ray.remote(num_cpus=0.25)
 class NoOpStage:
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--numel", type=int, default=3 * 5 * 32 * 32, help="elements per chunk (default 3x5x32x32)")
     args = parser.parse_args()
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_ray()
     try:
         refs, graph = [], []
         for _ in range(args.repeats):

@@ -128,10 +128,29 @@ class SkyReelsBackend:
     def shared_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond,
                         frames: tuple[int, ...]) -> torch.Tensor:
         """A joint call: v of this stage's frames x [B, Ch, F_j, h, w] (sigma [B, F_j]) with self-attention over
-        the whole window, split among the stages as `frames` (actors/backends/skyreels_joint.py)."""
+        the whole window, split among the stages as `frames` (actors/backends/skyreels_joint.py).
+
+        The bands are uneven (the oldest also carries the context; fill and drain leave some empty) and the stages
+        of a joint call wait for each other in every layer, so the frames are re-cut evenly for the call: each
+        stage computes an equal share of the window's tokens, and the latents and velocities that cross a band's
+        edge travel in one all-to-all each way (they are small beside the activations). A window too small for
+        every stage to compute at least as much as the smallest band holds (fill and drain) keeps its bands: the
+        exchange would cost more than it saves, and CPU attention rounds very short query blocks differently."""
         if self.joint is None:
             self.joint = JointCalls(self.transformer)
-        with self.joint.window(group, frames, *x.shape[3:]) as share:
+        held = list(frames)
+        even = self.joint.even_frames(held, group.world)
+        if even == held or min(even) < min(f for f in held if f):
+            return self._joint_velocity(group, x, sigma, cond, held)
+        x_even = group.redistribute(x, held, even, dim=2)  # [B, Ch, even[j], h, w]
+        sigma_even = group.redistribute(sigma, held, even, dim=1)  # [B, even[j]]
+        v_even = self._joint_velocity(group, x_even, sigma_even, cond, even)  # [B, Ch, even[j], h, w]
+        return group.redistribute(v_even, even, held, dim=2)  # [B, Ch, F_j, h, w]
+
+    def _joint_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond,
+                        frames: list[int]) -> torch.Tensor:
+        """v of this stage's share x [B, Ch, frames[j], h, w] of a window split as `frames`, computed together."""
+        with self.joint.window(group, tuple(frames), *x.shape[3:]) as share:
             if x.shape[2]:
                 return self.velocity(x, sigma, cond)
             self.joint.take_part(share, len(x) * (1 if cond.negative is None else 2))

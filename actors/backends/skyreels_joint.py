@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actors.backends.collective import StageGroup
+from actors.backends.collective import StageGroup, even_split
 from orchestrator.core.errors import UserError
 
 
@@ -104,14 +104,20 @@ class JointCalls:
         for block in transformer.blocks:
             block.attn1.set_processor(JointSelfAttention(block.attn1.processor, self.rope))
 
+    def even_frames(self, frames: list[int], world: int) -> list[int]:
+        """The window of `frames` (latent frames per stage) re-cut into `world` near-equal shares of whole temporal
+        patches, stage 0 first."""
+        p_t = self.transformer.config.patch_size[0]
+        if any(f % p_t for f in frames):
+            raise UserError(f"pipeline.parallel=context needs schedule.chunk to be a multiple of the model's "
+                            f"temporal patch {p_t}")
+        return even_split(sum(frames), world, p_t)
+
     @contextlib.contextmanager
     def window(self, group: StageGroup, frames: tuple[int, ...], height: int, width: int) -> Iterator[WindowShare]:
         """While open, the model computes this stage's share of a window split as `frames` (latent frames per
         stage, stage 0 first) of height x width latents."""
         p_t, p_h, p_w = self.transformer.config.patch_size
-        if any(f % p_t for f in frames):
-            raise UserError(f"pipeline.parallel=context needs schedule.chunk to be a multiple of the model's "
-                            f"temporal patch {p_t}")
         tokens = [f // p_t * (height // p_h) * (width // p_w) for f in frames]
         self.rope.share = WindowShare(group, tokens, group.offset(tokens), sum(frames) // p_t)
         try:

@@ -1,7 +1,10 @@
-"""Context mode on CPU: speed against one stage, and what its collectives cost per tick.
+"""Context mode on CPU: speed against one stage, what its collectives cost per tick, and three ways to share
+self-attention over the stages.
 
     python -m benchmarks.context_parallel speed        [--seconds 60] [--repeats 1]
     python -m benchmarks.context_parallel collectives  [--seconds 10] [--stages 2 3 4]
+    python -m benchmarks.context_parallel attention    [--stages 2 3 4] [--repeats 20] [--batch 2] [--tokens 960]
+                                                       [--heads 4] [--head-dim 32] [--frame-tokens 64]
 
 `speed` makes the shipped model's video (its default config) three ways, models loaded before the clocks start:
 the Ray pipeline with one stage on one thread, the Ray pipeline with two stages in context mode on one thread each,
@@ -9,17 +12,33 @@ and the in-process executor on two threads (the best single-stage use of two cor
 ratios, and the largest difference between the two-stage and the one-stage latents (the same video: < 1e-4).
 `collectives` runs the same model with P stages in context mode and prints, per tick and stage, the milliseconds
 spent in collectives (waiting for the other stages included) and the bytes received in them.
+`attention` times one self-attention call shared by P processes (gloo on loopback, one thread each) three ways:
+the all-gather of keys and values that context mode ships, Ulysses (an all-to-all from a token split to a head
+split and back; only where P divides the heads) and ring attention (P - 1 passes of key and value blocks to the
+next stage, partial outputs merged by log-sum-exp). The defaults are the shipped model's call (guidance doubles
+the batch to 2; 15 latent frames of 64 tokens; 4 heads of dim 32), split into near-equal shares of whole frames as
+context mode splits a full window; a larger call e.g. with --tokens 7680 --heads 12 --head-dim 64
+--frame-tokens 1560. Per P and method it prints the median ms
+per call (the slowest stage's), of which the stages spent in collectives on average (posting and waiting), the
+bytes each stage sends (shares padded to the longest, so every stage sends what it receives), and the largest
+difference from single-process attention, which must be < 1e-4 (else it exits non-zero).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import ray
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
+from actors.backends.collective import StageGroup, even_split, free_port
 from actors.backends.factory import frame_count
+from benchmarks import start_ray
 from benchmarks.pipeline import run_once, runner_for, with_topology
 from orchestrator.core.config import Config
 from orchestrator.core.schedule import total_ticks
@@ -75,6 +94,160 @@ def collectives(args) -> None:
               f"{statistics.mean(received) / count / 1024:.0f} KiB received")
 
 
+def pad_tokens(x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """x padded with zeros along `dim` to `length`."""
+    pad = list(x.shape)
+    pad[dim] = length - x.shape[dim]
+    return torch.cat([x, x.new_zeros(pad)], dim=dim)
+
+
+def timed(collective, *args):
+    """The collective's result and the seconds it took (waiting for the other stages included)."""
+    started = time.perf_counter()
+    result = collective(*args)
+    return result, time.perf_counter() - started
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention in the model's layout: [B, n, H, d] queries, [B, m, H, d] keys and values."""
+    out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)))  # [B, H, n, d]
+    return out.transpose(1, 2)  # [B, n, H, d]
+
+
+def all_gather_attention(group: StageGroup, query, key, value, sizes: list[int]):
+    """What context mode ships: StageGroup.gather brings the window's keys and values (each share padded to the
+    longest), then this stage's queries attend to them. Returns the output, seconds and bytes sent in collectives."""
+    both = group.gather(torch.stack([key, value]), sizes, dim=2)  # [2, B, T, H, d]
+    out = attend(query, both[0], both[1])  # [B, n, H, d]
+    stats = group.take_stats()
+    return out, stats.seconds, stats.bytes
+
+
+def all_to_all(sent: torch.Tensor) -> torch.Tensor:
+    """sent[s] goes to stage s; the result's [s] came from stage s."""
+    got = torch.empty_like(sent)
+    dist.all_to_all_single(got, sent)
+    return got
+
+
+def ulysses_attention(group: StageGroup, query, key, value, sizes: list[int]):
+    """Ulysses: an all-to-all trades the token split for a head split (each stage gets every token's queries, keys
+    and values of H/P heads), attention runs on the whole window for those heads, and a second all-to-all trades
+    back. Shares are padded to the longest. Returns the output, seconds and bytes sent in collectives."""
+    world, rank, longest = group.world, group.rank, max(sizes)
+    order = list(reversed(range(world)))  # window order: the last stage's share first
+    qkv = pad_tokens(torch.stack([query, key, value]), 2, longest)  # [3, B, L, H, d]
+    sent = qkv.unflatten(3, (world, -1)).permute(3, 0, 1, 2, 4, 5).contiguous()  # [P, 3, B, L, H/P, d]
+    got, first = timed(all_to_all, sent)  # [P, 3, B, L, H/P, d]: stage s's tokens of this stage's heads
+    window = torch.cat([got[s, :, :, : sizes[s]] for s in order], dim=2)  # [3, B, T, H/P, d]
+    out = attend(*window)  # [B, T, H/P, d]
+    parts = reversed(out.split([sizes[s] for s in order], dim=1))  # [B, n_s, H/P, d] each, stage 0 first
+    back = torch.stack([pad_tokens(part, 1, longest) for part in parts])  # [P, B, L, H/P, d]
+    mine, second = timed(all_to_all, back)  # [P, B, L, H/P, d]: this stage's tokens of stage s's heads
+    out = mine[:, :, : sizes[rank]].permute(1, 2, 0, 3, 4).flatten(2, 3)  # [B, n, H, d]
+    sent_bytes = (sent[0].numel() + back[0].numel()) * sent.element_size() * (world - 1)
+    return out, first + second, sent_bytes
+
+
+def wait(requests: list) -> None:
+    """Waits for the point-to-point operations to finish."""
+    for request in requests:
+        request.wait()
+
+
+def ring_attention(group: StageGroup, query, key, value, sizes: list[int]):
+    """Ring attention: P - 1 times each stage passes the keys and values it holds (padded to the longest share) to
+    the next stage while it attends to them, and merges the partial outputs by their log-sum-exp, in float32.
+    Returns the output, seconds and bytes sent in collectives (posting the passes and waiting for them)."""
+    world, rank = group.world, group.rank
+    held = pad_tokens(torch.stack([key, value]).transpose(2, 3), 3, max(sizes)).contiguous()  # [2, B, H, L, d]
+    spare = torch.empty_like(held)  # [2, B, H, L, d]
+    q = query.transpose(1, 2).float()  # [B, H, n, d]
+    out = torch.zeros_like(q)  # [B, H, n, d]
+    total = torch.full(q.shape[:-1], float("-inf"))  # [B, H, n]: log-sum-exp of the scores so far
+    seconds = 0.0
+    for step in range(world):
+        if step < world - 1:
+            passes, took = timed(dist.batch_isend_irecv, [dist.P2POp(dist.isend, held, (rank + 1) % world),
+                                                          dist.P2POp(dist.irecv, spare, (rank - 1) % world)])
+            seconds += took
+        length = sizes[(rank - step) % world]  # the held block came from stage rank - step
+        part, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, held[0, :, :, :length].float(), held[1, :, :, :length].float())[:2]  # [B, H, n, d], [B, H, n]
+        merged = torch.logaddexp(total, lse)  # [B, H, n]
+        out = out * (total - merged).exp().unsqueeze(-1) + part * (lse - merged).exp().unsqueeze(-1)  # [B, H, n, d]
+        total = merged
+        if step < world - 1:
+            seconds += timed(wait, passes)[1]
+            held, spare = spare, held
+    return out.transpose(1, 2).type_as(query), seconds, held.numel() * held.element_size() * (world - 1)
+
+
+WARM_UP = 2  # untimed calls of each method after the one that is checked
+METHODS = {"all-gather": all_gather_attention, "Ulysses": ulysses_attention, "ring": ring_attention}
+
+
+def attention_worker(rank: int, port: int, sizes: list[int], shape: tuple[int, int, int, int], repeats: int,
+                     results) -> None:
+    """Stage `rank` of len(sizes): times each method on its share of one window (the same random window in every
+    process) and checks it against single-process attention; stage 0 puts every stage's numbers on `results`."""
+    torch.set_num_threads(1)
+    world = len(sizes)
+    group = StageGroup("127.0.0.1", port, rank, world, torch.device("cpu"), timeout=120)
+    torch.manual_seed(0)
+    window = torch.randn(3, *shape)  # [3, B, T, H, d]: the window's queries, keys and values
+    start = group.offset(sizes)
+    query, key, value = window[:, :, start : start + sizes[rank]].unbind(0)  # [B, n, H, d] each
+    expected = attend(query, window[1], window[2])  # [B, n, H, d]
+    numbers = {}
+    for name, method in METHODS.items():
+        if name == "Ulysses" and shape[2] % world:
+            continue
+        out, _, sent = method(group, query, key, value, sizes)  # out: [B, n, H, d]
+        calls = []
+        for _ in range(WARM_UP + repeats):
+            dist.barrier()
+            started = time.perf_counter()
+            _, seconds, _ = method(group, query, key, value, sizes)
+            calls.append((time.perf_counter() - started, seconds))
+        numbers[name] = {"error": (out - expected).abs().max().item(), "calls": calls[WARM_UP:], "bytes": sent}
+    every = [None] * world if rank == 0 else None
+    dist.gather_object(numbers, every)
+    if rank == 0:
+        results.put(every)
+    group.close()
+
+
+def attention(args) -> None:
+    shape = (args.batch, args.tokens, args.heads, args.head_dim)
+    print(f"B={args.batch}, {args.tokens} tokens ({args.tokens // args.frame_tokens} frames), {args.heads} heads "
+          f"of dim {args.head_dim}; "
+          f"median of {args.repeats} calls, 1 thread per stage, gloo on loopback")
+    print("| P | shares (stage 0 first) | method | ms per call | of which communication | KiB sent per stage "
+          "| max abs error |")
+    print("|---|---|---|---|---|---|---|")
+    worst = 0.0
+    context = torch.multiprocessing.get_context("spawn")
+    for stages in args.stages:
+        sizes = even_split(args.tokens, stages, args.frame_tokens)
+        results = context.SimpleQueue()
+        torch.multiprocessing.spawn(attention_worker, (free_port(), sizes, shape, args.repeats, results), stages)
+        every = results.get()
+        for name in METHODS:
+            if name not in every[0]:
+                print(f"| {stages} | {sizes} | {name} | skipped: {args.heads} heads not divisible by {stages} | | | |")
+                continue
+            calls = [[stage[name]["calls"][i] for stage in every] for i in range(args.repeats)]
+            total = statistics.median(max(spent for spent, _ in call) for call in calls)  # the slowest stage's
+            comm = statistics.median(statistics.mean(seconds for _, seconds in call) for call in calls)
+            error = max(stage[name]["error"] for stage in every)
+            worst = max(worst, error)
+            print(f"| {stages} | {sizes} | {name} | {1000 * total:.2f} | {1000 * comm:.2f} | "
+                  f"{every[0][name]['bytes'] / 1024:,.0f} | {error:.1e} |")
+    if worst >= 1e-4:
+        raise SystemExit(f"a method differs from single-process attention by {worst:.1e} (>= 1e-4)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,8 +257,21 @@ def main() -> None:
     run_collectives = sub.add_parser("collectives")
     run_collectives.add_argument("--seconds", type=float, default=10.0)
     run_collectives.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    run_attention = sub.add_parser("attention")
+    run_attention.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    run_attention.add_argument("--repeats", type=int, default=20)
+    run_attention.add_argument("--batch", type=int, default=2)  # guidance doubles the batch
+    run_attention.add_argument("--tokens", type=int, default=960)  # 15 latent frames x 64 tokens
+    run_attention.add_argument("--heads", type=int, default=4)
+    run_attention.add_argument("--head-dim", type=int, default=32)
+    run_attention.add_argument("--frame-tokens", type=int, default=64)  # 32 x 32 frames in 4 x 4 patches
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if args.command == "attention":
+        if args.tokens % args.frame_tokens:
+            parser.error("--tokens must be a multiple of --frame-tokens")
+        attention(args)
+        return
+    start_ray(2)
     try:
         {"speed": speed, "collectives": collectives}[args.command](args)
     finally:

@@ -78,7 +78,7 @@ def test_pipeline_equals_reference_for_every_partition(ray_cluster, tmp_path, ti
     for stages in (1, 2, 3):
         pipeline = Pipeline(small_config(tmp_path, model, stages))
         try:
-            for halo in HALOS:
+            for halo in HALOS if stages > 1 else ["all"]:  # one band sees the whole window whatever its halo
                 config = small_config(tmp_path, model, stages, halo)
                 got = run_on(pipeline, config)
                 partition = Partition(stages, None if halo == "all" else halo)

@@ -341,15 +341,21 @@ COMMANDS = {"generate": run_generate, "resume": run_resume, "train": run_train, 
             "batch": run_batch, "serve": run_serve}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="pavdm: warning: %(message)s")
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """The command and its options; KEY=VALUE overrides may also come between or after the options."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(attach_option_values(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(attach_option_values(argv))
     stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:  # KEY=VALUE overrides may also come between or after the options
+    if extra:
         args.overrides = list(args.overrides) + extra
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="pavdm: warning: %(message)s")
+    args = parse_command_line(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, stop_as_if_interrupted)  # what a cluster sends a pod it stops
     try:
         return COMMANDS[args.command](args)

@@ -1,6 +1,7 @@
 """Steps for equal quality: the oracle's frame variance and lag errors against S for every solver and eta.
 
     python -m benchmarks.solver_steps [--steps 6 12 18 24 30 36 48 60] [--shift 1.0] [--etas 0 0.5 1]
+                                      [--plot solvers.png]
 
 prints, for every solver and eta, the frame variance and the lag-1..3 correlation errors at each S, and the
 smallest S at which the variance is within 2% of 1 and every lag within 0.005 of the truth (rho^k).
@@ -82,29 +83,63 @@ def within(var: float, lags: list[float]) -> bool:
     return abs(var_error) <= VARIANCE_TOLERANCE and all(abs(e) <= LAG_TOLERANCE for e in lag_errors)
 
 
+def plot(results: dict[tuple[str, float], dict[int, tuple[float, list[float]]]], path: str) -> None:
+    """Two panels against S, a colour per solver and a dash per eta: the frame variance's error and the lag-1 error,
+    with the tolerances shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (var_ax, lag_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    colours = {solver: f"C{i}" for i, solver in enumerate(dict.fromkeys(solver for solver, _ in results))}
+    lines = dict(zip(dict.fromkeys(eta for _, eta in results), ["-", "--", ":", "-."], strict=False))
+    for (solver, eta), by_steps in results.items():
+        steps = sorted(by_steps)
+        errs = [errors(*by_steps[s]) for s in steps]
+        style = {"label": f"{solver}, eta {eta:g}", "marker": "o", "markersize": 3, "color": colours[solver],
+                 "linestyle": lines[eta]}
+        var_ax.plot(steps, [e[0] for e in errs], **style)
+        lag_ax.plot(steps, [e[1][0] for e in errs], **style)
+    for ax, tolerance, name in ((var_ax, VARIANCE_TOLERANCE, "variance - 1"), (lag_ax, LAG_TOLERANCE, "lag-1 error")):
+        ax.axhspan(-tolerance, tolerance, color="0.9")
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set_xlabel("S (steps per chunk)")
+        ax.set_ylabel(name)
+    lag_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[6, 12, 18, 24, 30, 36, 48, 60],
                         help="values of S, multiples of N = 6")
     parser.add_argument("--shift", type=float, default=1.0, help="time shift of the level grid (default 1)")
     parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="schedule.stochasticity")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the errors against S into this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"oracle rho={RHO}, C=2, N=6, K=1, shift={args.shift:g}: variance - 1 | lag-1, -2, -3 errors "
           f"(* = within {VARIANCE_TOLERANCE:.0%} and {LAG_TOLERANCE})\n")
     print("| solver | eta | " + " | ".join(f"S={s}" for s in args.steps) + " | smallest S |")
     print("|---|---|" + "---|" * len(args.steps) + "---|")
+    results = {}
     for solver in get_args(Solver):
         for eta in args.etas:
+            by_steps = results[solver, eta] = {s: oracle_statistics(s, solver, eta, args.shift) for s in args.steps}
             cells, smallest = [], None
-            for steps in args.steps:
-                var, lags = oracle_statistics(steps, solver, eta, args.shift)
+            for steps, (var, lags) in by_steps.items():
                 var_error, lag_errors = errors(var, lags)
                 ok = within(var, lags)
                 smallest = smallest or (steps if ok else None)
                 cells.append(f"{var_error:+.3f} \\| " + " ".join(f"{e:+.4f}" for e in lag_errors) + ("*" if ok else ""))
             print(f"| {solver} | {eta:g} | " + " | ".join(cells) + f" | {smallest or '>' + str(args.steps[-1])} |",
                   flush=True)
+    if args.plot:
+        plot(results, args.plot)
+        print(f"\nplot in {args.plot}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ from test_pipeline import reference_latents
 
 from benchmarks.cli_process import cli, frames_written, wait_until
 from orchestrator.core.partition import Partition
-from orchestrator.entry.cli import apply_flags, parse_command_line
+from orchestrator.entry.cli import generate_config, parse_command_line
 from orchestrator.state.outputs import read_latents
-from orchestrator.state.settings import load_config
 
 FRAMES = 240
 ARGS = [
@@ -141,8 +140,7 @@ def test_multistep_history_survives_a_killed_stage_and_a_killed_controller(tmp_p
 def uninterrupted(cwd: Path, *extra: str) -> torch.Tensor:
     """The latents an uninterrupted `generate` with these settings makes, from the reference sampler in this process
     (the pipeline equals it for every partition: tests/test_pipeline.py)."""
-    args = parse_command_line(["generate", *ARGS, *extra, "--out", str(cwd / "whole.mp4")])
-    config = apply_flags(load_config(args.config, args.overrides, model=args.model), args)
+    config = generate_config(parse_command_line(["generate", *ARGS, *extra, "--out", str(cwd / "whole.mp4")]))
     pipeline = config.pipeline
     return reference_latents(config, Partition.from_config(pipeline.stages, pipeline.halo,
                                                            config.schedule.noisy_chunks, pipeline.parallel))

@@ -207,10 +207,15 @@ def report(result) -> None:
           f"checkpoints {result.checkpoint_seconds:.1f} s = {share:.1%}; restarts {result.restarts})")
 
 
+def generate_config(args: argparse.Namespace) -> Config:
+    """The config `pavdm generate` runs with these arguments: YAML files, overrides, then the flags."""
+    return apply_flags(load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL), args)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from orchestrator.entry.generate import generate
 
-    config = apply_flags(load_config(args.config, args.overrides, model=args.model or DEFAULT_MODEL), args)
+    config = generate_config(args)
     if args.live:
         from orchestrator.entry.live import run_steered
 

@@ -144,12 +144,15 @@ def test_keys_added_and_removed_take_effect_without_a_restart(server, keys_file)
 
 def test_quotas_answer_429_with_retry_after_and_a_flood_does_not_starve_others(server, keys_file):
     url = f"{server.base}/v1/videos"
-    # alpha: at most 2 videos at once and 6 video-seconds an hour (the isolation test used 1)
+    # alpha: at most 2 videos at once and 6 video-seconds an hour (the isolation test used 1). A long video of
+    # beta's holds the one slot, so that neither of alpha's first two can end before the third is asked for.
+    holder = requests.post(url, headers=auth("beta"), json={"prompt": "b", "seconds": 120}).json()["id"]
     first = [requests.post(url, headers=auth("alpha"), json={"prompt": "a", "seconds": 1}) for _ in range(2)]
     assert [answer.status_code for answer in first] == [200, 200]
     over = requests.post(url, headers=auth("alpha"), json={"prompt": "a", "seconds": 1})
     assert over.status_code == 429 and int(over.headers["Retry-After"]) >= 1
     assert requests.post(url, headers=auth("beta"), json={"prompt": "b", "seconds": 1}).status_code == 200
+    assert requests.delete(f"{url}/{holder}", headers=auth("beta")).status_code == 200
     for answer in first:
         wait_done(server, "alpha", answer.json()["id"])
     hourly = requests.post(url, headers=auth("alpha"), json={"prompt": "a", "seconds": 4})

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny model folders built once per session, and a helper to read MP4s back."""
+"""Shared fixtures: a Ray cluster per module, tiny model folders built once per session, and a helper to read MP4s
+back."""
 
 import io
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 import torch
 from tiny_models import make_tiny_skyreels
 
+from benchmarks import start_ray
+
 torch.set_num_threads(1)
 
 
@@ -15,6 +18,17 @@ torch.set_num_threads(1)
 def fresh_working_directory(tmp_path_factory, monkeypatch):
     """Every test runs in its own empty directory, so run folders (runs/) never land in the repository."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> str:
+    """A local Ray cluster of 2 CPUs for one module, set up as `pavdm` sets up its own (workers at the driver's
+    priority); yields its address, for `pavdm` children that join it."""
+    import ray
+
+    start_ray(num_cpus=2)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

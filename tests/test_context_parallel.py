@@ -25,13 +25,6 @@ from orchestrator.state.runs import RunFolder
 from orchestrator.state.settings import load_config
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def context_config(tmp_path: Path, model: ModelConfig, stages: int, name: str, seconds: float, seed: int = 3
                    ) -> Config:
     config = small_config(tmp_path, model, stages, seconds=seconds, parallel="context")  # C = 2, N = 3, K = 1

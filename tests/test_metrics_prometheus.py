@@ -10,7 +10,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-import ray
 
 from actors.backends.factory import frame_count
 from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
@@ -75,48 +74,44 @@ def query(base: str, promql: str) -> list:
     return json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]
 
 
-def test_prometheus_reads_back_frames_written(tmp_path, prometheus):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+def test_prometheus_reads_back_frames_written(tmp_path, prometheus, ray_cluster):
+    config = Config(seconds=40.0, fps=8.0, seed=1)
+    config.schedule = ScheduleConfig(chunk=2, noisy_chunks=4, steps=8)
+    config.model = ModelConfig(channels=3, height=16, width=16)
+    config.pipeline.stages, config.pipeline.num_cpus, config.pipeline.threads = 2, 0.5, 1
+    config.output.out = str(tmp_path / "v.mp4")
+    config.run.id = "prom-test"  # the stream's series carry its run id, the pipeline's the metrics' id
+    plan = plan_video(config, frame_count(config.model))
+    pipeline = Pipeline(config)
+    metrics = PipelineMetrics("prom-test", 2)
+    port = free_port()
+    metrics.serve("127.0.0.1", port)
+    base = prometheus(port)
+    wait_for(lambda: query(base, 'up{job="pavdm"}')[0]["value"][1] == "1", 30)
+    seen_mid_run = []
+
+    def watch():
+        while not done.is_set():
+            result = query(base, 'pavdm_frames_emitted_total{run_id="prom-test"}')
+            if result and 0 < float(result[0]["value"][1]) < plan.size.frames:
+                seen_mid_run.append(float(result[0]["value"][1]))
+            time.sleep(0.25)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
-        config = Config(seconds=40.0, fps=8.0, seed=1)
-        config.schedule = ScheduleConfig(chunk=2, noisy_chunks=4, steps=8)
-        config.model = ModelConfig(channels=3, height=16, width=16)
-        config.pipeline.stages, config.pipeline.num_cpus, config.pipeline.threads = 2, 0.5, 1
-        config.output.out = str(tmp_path / "v.mp4")
-        config.run.id = "prom-test"  # the stream's series carry its run id, the pipeline's the metrics' id
-        plan = plan_video(config, frame_count(config.model))
-        pipeline = Pipeline(config)
-        metrics = PipelineMetrics("prom-test", 2)
-        port = free_port()
-        metrics.serve("127.0.0.1", port)
-        base = prometheus(port)
-        wait_for(lambda: query(base, 'up{job="pavdm"}')[0]["value"][1] == "1", 30)
-        seen_mid_run = []
-
-        def watch():
-            while not done.is_set():
-                result = query(base, 'pavdm_frames_emitted_total{run_id="prom-test"}')
-                if result and 0 < float(result[0]["value"][1]) < plan.size.frames:
-                    seen_mid_run.append(float(result[0]["value"][1]))
-                time.sleep(0.25)
-
-        done = threading.Event()
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            run_video(pipeline, config, RunFolder.create(config), metrics)
-        finally:
-            done.set()
-            watcher.join()
-            pipeline.shutdown()
-        frames = plan.size.frames
-        wait_for(lambda: float(query(base, 'pavdm_frames_emitted_total{run_id="prom-test"}')[0]["value"][1])
-                 == frames, 20)
-        assert seen_mid_run, "Prometheus never scraped the run while it was going"
-        ticks = query(base, 'pavdm_ticks_total{run_id="prom-test"}')[0]["value"][1]
-        assert int(float(ticks)) == total_ticks(plan.geometry, plan.num_chunks)
-        stages = {r["metric"]["stage"] for r in query(base, "pavdm_stage_call_duration_seconds_count")}
-        assert stages == {"0", "1"}
-        metrics.close()
+        run_video(pipeline, config, RunFolder.create(config), metrics)
     finally:
-        ray.shutdown()
+        done.set()
+        watcher.join()
+        pipeline.shutdown()
+    frames = plan.size.frames
+    wait_for(lambda: float(query(base, 'pavdm_frames_emitted_total{run_id="prom-test"}')[0]["value"][1])
+             == frames, 20)
+    assert seen_mid_run, "Prometheus never scraped the run while it was going"
+    ticks = query(base, 'pavdm_ticks_total{run_id="prom-test"}')[0]["value"][1]
+    assert int(float(ticks)) == total_ticks(plan.geometry, plan.num_chunks)
+    stages = {r["metric"]["stage"] for r in query(base, "pavdm_stage_call_duration_seconds_count")}
+    assert stages == {"0", "1"}
+    metrics.close()

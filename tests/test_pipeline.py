@@ -23,13 +23,6 @@ from orchestrator.state.runs import RunFolder
 HALOS = [0, 1, "all"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def small_config(tmp_path, model: ModelConfig, stages: int, halo="all", seconds=2.0, parallel="halo") -> Config:
     config = Config(seconds=seconds, fps=8.0, seed=3, prompts=["0:a red circle", "1:a blue square"])
     config.schedule = ScheduleConfig(chunk=2, noisy_chunks=3, steps=6, context_chunks=1)

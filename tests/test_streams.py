@@ -3,7 +3,6 @@
 import copy
 
 import pytest
-import ray
 import torch
 from test_pipeline import models, reference_latents, small_config
 
@@ -14,13 +13,6 @@ from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.ray_pipeline import Pipeline
 from orchestrator.state.outputs import read_latents
 from orchestrator.state.runs import RunFolder
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def stream_configs(tmp_path, model, stages, halo, solver="euler"):

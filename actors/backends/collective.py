@@ -36,6 +36,8 @@ class StageGroup:
     """This process's place in the stages' torch.distributed group: rank = stage index, gloo on CPU, NCCL when the
     stages hold GPUs; one code path for both, differing only in backend and device."""
 
+    MAX_BUFFERS = 32  # exchange buffers kept (see _buffer)
+
     def __init__(self, address: str, port: int, rank: int, world: int, device: torch.device, timeout: float):
         self.rank, self.world, self.device = rank, world, device
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -45,6 +47,7 @@ class StageGroup:
         except (RuntimeError, ValueError) as err:  # a peer that never came, a port taken meanwhile
             raise PeerLost(f"stage {rank} could not join the stages' group at {address}:{port}: {err}") from None
         self.stats = CollectiveStats()
+        self.buffers: dict[tuple, torch.Tensor] = {}
 
     def take_stats(self) -> CollectiveStats:
         """The totals since the last call, reset."""
@@ -59,21 +62,35 @@ class StageGroup:
     def gather(self, local: torch.Tensor, sizes: list[int], dim: int) -> torch.Tensor:
         """Every stage's share of a window, joined along `dim` in window order (the oldest band, the last stage's,
         first). `local` is this stage's share; sizes[j] is stage j's length along `dim` (shares may be uneven or
-        empty: each is padded to the longest for the exchange and cut back after)."""
+        empty: each travels padded to the longest and is cut back after). The exchange goes through buffers kept
+        from call to call: on CPU, fresh ones are faulted in on every call (a quarter of the time of the shipped
+        model's gather of keys and values)."""
         longest = max(sizes)
-        pad = list(local.shape)
-        pad[dim] = longest - local.shape[dim]
-        sent = torch.cat([local, local.new_zeros(pad)], dim=dim).to(self.device).contiguous()
-        parts = [torch.empty_like(sent) for _ in range(self.world)]
+        shape = list(local.shape)
+        shape[dim] = longest
+        sent = self._buffer("sent", shape, local.dtype)
+        sent.narrow(dim, 0, local.shape[dim]).copy_(local)  # the padding keeps stale values, cut away below
+        got = self._buffer("got", [self.world * shape[0], *shape[1:]], local.dtype)
         started = time.perf_counter()
         try:
-            dist.all_gather(parts, sent)
+            dist.all_gather_into_tensor(got, sent)
         except RuntimeError as err:
             raise PeerLost(f"stage {self.rank}: a collective with the other stages failed: {err}") from None
         self.stats.seconds += time.perf_counter() - started
         self.stats.bytes += sent.numel() * sent.element_size() * (self.world - 1)
+        parts = got.unflatten(0, (self.world, shape[0]))  # [P, *shape]: stage j's share padded, at parts[j]
         pieces = [parts[j].narrow(dim, 0, sizes[j]) for j in reversed(range(self.world))]
         return torch.cat(pieces, dim=dim).to(local.device)
+
+    def _buffer(self, role: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of this shape on the group's device for one role in an exchange, the same one on every call
+        that asks for it (a few shapes recur: the window's during most of a run, others during fill and drain)."""
+        key = (role, tuple(shape), dtype)
+        if key not in self.buffers:
+            if len(self.buffers) >= self.MAX_BUFFERS:
+                self.buffers.clear()
+            self.buffers[key] = torch.empty(shape, dtype=dtype, device=self.device)
+        return self.buffers[key]
 
     def redistribute(self, local: torch.Tensor, held: list[int], wanted: list[int], dim: int) -> torch.Tensor:
         """This stage's share of a window split as `held` (lengths along `dim`, stage 0 first), re-cut as `wanted`
@@ -106,6 +123,21 @@ class StageGroup:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def frame_rows(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Latents x [B, Ch, F, h, w] and their levels sigma [B, F] as one row per frame [F, B*Ch*h*w + B], so that
+    one exchange moves both (the sampler's latents and levels are both float32: nothing is rounded)."""
+    return torch.cat([x.movedim(2, 0).flatten(1), sigma.movedim(1, 0).to(x.dtype)], dim=1)
+
+
+def from_frame_rows(rows: torch.Tensor, x_like: torch.Tensor, sigma_like: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """frame_rows undone for rows [F', ...]: (x [B, Ch, F', h, w], sigma [B, F']) in the dtypes of the likes."""
+    b, ch, _, h, w = x_like.shape
+    latents, levels = rows.split([b * ch * h * w, b], dim=1)  # [F', B*Ch*h*w], [F', B]
+    return (latents.unflatten(1, (b, ch, h, w)).movedim(0, 2).contiguous(),
+            levels.movedim(0, 1).to(sigma_like.dtype).contiguous())
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:

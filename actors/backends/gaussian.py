@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from actors.backends.collective import StageGroup
+from actors.backends.collective import StageGroup, frame_rows, from_frame_rows
 from actors.codecs import IdentityCodec
 from orchestrator.core.config import ModelConfig
 
@@ -100,8 +100,8 @@ class GaussianProcessBackend:
         """A joint call: the window's latents and levels are gathered from the stages (they are small) and the
         posterior is solved for this stage's frames only. x [B, Ch, F_j, H, W], sigma [B, F_j] -> v like x."""
         sizes = list(frames)
-        window = group.gather(x, sizes, dim=2)  # [B, Ch, F, H, W]
-        levels = group.gather(sigma, sizes, dim=1)  # [B, F]
+        rows = group.gather(frame_rows(x, sigma), sizes, dim=0)  # [F, B*Ch*H*W + B]: one exchange for both
+        window, levels = from_frame_rows(rows, x, sigma)  # [B, Ch, F, H, W], [B, F]
         if not x.shape[2]:  # an empty band brings nothing and needs nothing
             return torch.empty_like(x)
         start = group.offset(sizes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from actors.backends.collective import StageGroup
+from actors.backends.collective import StageGroup, frame_rows, from_frame_rows
 from actors.backends.skyreels_joint import JointCalls
 from actors.backends.text import TextEncoder, load_text_encoder
 from actors.codecs import IdentityCodec, WanVaeCodec
@@ -133,17 +133,18 @@ class SkyReelsBackend:
         The bands are uneven (the oldest also carries the context; fill and drain leave some empty) and the stages
         of a joint call wait for each other in every layer, so the frames are re-cut evenly for the call: each
         stage computes an equal share of the window's tokens, and the latents and velocities that cross a band's
-        edge travel in one all-to-all each way (they are small beside the activations). A window too small for
-        every stage to compute at least as much as the smallest band holds (fill and drain) keeps its bands: the
-        exchange would cost more than it saves, and CPU attention rounds very short query blocks differently."""
+        edge travel in one all-to-all each way (latents with their levels; they are small beside the activations).
+        A window too small for every stage to compute at least as much as the smallest band holds (fill and drain)
+        keeps its bands: the exchange would cost more than it saves, and CPU attention rounds very short query
+        blocks differently."""
         if self.joint is None:
             self.joint = JointCalls(self.transformer)
         held = list(frames)
         even = self.joint.even_frames(held, group.world)
         if even == held or min(even) < min(f for f in held if f):
             return self._joint_velocity(group, x, sigma, cond, held)
-        x_even = group.redistribute(x, held, even, dim=2)  # [B, Ch, even[j], h, w]
-        sigma_even = group.redistribute(sigma, held, even, dim=1)  # [B, even[j]]
+        rows = group.redistribute(frame_rows(x, sigma), held, even, dim=0)  # [even[j], B*Ch*h*w + B]
+        x_even, sigma_even = from_frame_rows(rows, x, sigma)  # [B, Ch, even[j], h, w], [B, even[j]]
         v_even = self._joint_velocity(group, x_even, sigma_even, cond, even)  # [B, Ch, even[j], h, w]
         return group.redistribute(v_even, even, held, dim=2)  # [B, Ch, F_j, h, w]
 

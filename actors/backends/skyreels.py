@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,22 +33,30 @@ def _has_component(path: str, name: str) -> bool:
     return (folder / name).is_dir() if folder.is_dir() else True
 
 
+def _component_config(path: str, name: str, diffusers_class: str) -> dict:
+    """The config of a component (transformer/, vae/): read straight from a local folder, since importing the
+    diffusers class only to read it costs seconds (the autoencoders' modules); from the hub through that class."""
+    folder = Path(path) / name
+    if folder.is_dir():
+        return json.loads((folder / "config.json").read_text())
+    import diffusers
+
+    return getattr(diffusers, diffusers_class).load_config(path, subfolder=name)
+
+
 def skyreels_codec(cfg: ModelConfig) -> IdentityCodec | WanVaeCodec:
     """The folder's AutoencoderKLWan, or the identity for a pixel-space model (no vae/ folder)."""
-    from diffusers import AutoencoderKLWan, SkyReelsV2Transformer3DModel
-
     if _has_component(cfg.path, "vae"):
+        from diffusers import AutoencoderKLWan
+
         return WanVaeCodec(AutoencoderKLWan.from_pretrained(cfg.path, subfolder="vae").to(cfg.device))
-    channels = SkyReelsV2Transformer3DModel.load_config(cfg.path, subfolder="transformer")["in_channels"]
-    return IdentityCodec(channels)
+    return IdentityCodec(_component_config(cfg.path, "transformer", "SkyReelsV2Transformer3DModel")["in_channels"])
 
 
 def skyreels_frame_count(cfg: ModelConfig) -> FrameCount:
     """The codec's frame arithmetic from the VAE config alone, without loading weights."""
-    from diffusers import AutoencoderKLWan
-
     if _has_component(cfg.path, "vae"):
-        return FrameCount(AutoencoderKLWan.load_config(cfg.path, subfolder="vae")["scale_factor_temporal"])
+        return FrameCount(_component_config(cfg.path, "vae", "AutoencoderKLWan")["scale_factor_temporal"])
     return FrameCount()
 
 

@@ -64,7 +64,10 @@ def speed(args) -> None:
         "in process (2 threads)": shipped(args.seconds, 0, 2, 0.5),
     }
     runners = {label: runner_for(config) for label, config in configs.items()}
-    times = {label: [run() for _ in range(args.repeats)] for label, run in runners.items()}
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(args.repeats):  # the three take turns, so that a slower spell of the machine falls on all three
+        for label, run in runners.items():
+            times[label].append(run())
     frames = round(args.seconds * next(iter(configs.values())).fps)
     fps = {label: frames / statistics.median(runs) for label, runs in times.items()}
     print(f"{frames} frames of the shipped model, median of {args.repeats} run(s), models loaded beforehand")

@@ -55,11 +55,16 @@ class WindowRope(nn.Module):
         return cos[:, mine], sin[:, mine]
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of x [B, n, H, d] by cos, sin [1, n, 1, d] (each angle given for both of its pair): each
-    pair of x taken as one complex number and multiplied by e^(i angle), in float32 (a tenth of the time of
-    rotating the halves separately and interleaving them again)."""
-    turn = torch.complex(cos[..., 0::2].float(), sin[..., 0::2].float())  # [1, n, 1, d/2]
+def turns(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's cos, sin [1, n, 1, d] (each angle given for both of its pair) as e^(i angle), one per
+    pair: [1, n, 1, d/2] complex, float32."""
+    return torch.complex(cos[..., 0::2].float(), sin[..., 0::2].float())
+
+
+def rotate(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, n, H, d] by turn [1, n, 1, d/2] (see turns): each pair of x taken as one complex
+    number and multiplied by its turn, in float32 (a tenth of the time of rotating the halves separately and
+    interleaving them again)."""
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, n, H, d/2]
     return torch.view_as_real(pairs * turn).flatten(-2).type_as(x)  # [B, n, H, d]
 
@@ -79,7 +84,8 @@ class JointSelfAttention:
         query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [B, n, H, d]
         key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))  # [B, n, H, d]
         value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))  # [B, n, H, d]
-        query, key = rotate(query, *rotary_emb), rotate(key, *rotary_emb)
+        turn = turns(*rotary_emb)  # [1, n, 1, d/2]
+        query, key = rotate(query, turn), rotate(key, turn)
         key, value = gather_keys_values(share, key, value)  # [B, T, H, d] each
         out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)))  # [B, H, n, d]
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)  # [B, n, H*d]

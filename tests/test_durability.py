@@ -12,8 +12,9 @@ import torch
 from conftest import probe_mp4
 from test_pipeline import reference_latents
 
+from actors.backends.factory import frame_count
 from benchmarks.cli_process import cli, frames_written, wait_until
-from orchestrator.core.partition import Partition
+from orchestrator.engine.plan import plan_video
 from orchestrator.entry.cli import generate_config, parse_command_line
 from orchestrator.state.outputs import read_latents
 
@@ -141,6 +142,4 @@ def uninterrupted(cwd: Path, *extra: str) -> torch.Tensor:
     """The latents an uninterrupted `generate` with these settings makes, from the reference sampler in this process
     (the pipeline equals it for every partition: tests/test_pipeline.py)."""
     config = generate_config(parse_command_line(["generate", *ARGS, *extra, "--out", str(cwd / "whole.mp4")]))
-    pipeline = config.pipeline
-    return reference_latents(config, Partition.from_config(pipeline.stages, pipeline.halo,
-                                                           config.schedule.noisy_chunks, pipeline.parallel))
+    return reference_latents(config, plan_video(config, frame_count(config.model)).partition)

@@ -140,28 +140,33 @@ class SkyReelsBackend:
         the whole window, split among the stages as `frames` (actors/backends/skyreels_joint.py).
 
         The bands are uneven (the oldest also carries the context; fill and drain leave some empty) and the stages
-        of a joint call wait for each other in every layer, so the frames are re-cut evenly for the call: each
-        stage computes an equal share of the window's tokens, and the latents and velocities that cross a band's
-        edge travel in one all-to-all each way (latents with their levels; they are small beside the activations).
-        A window too small for every stage to compute at least as much as the smallest band holds (fill and drain)
-        keeps its bands: the exchange would cost more than it saves, and CPU attention rounds very short query
-        blocks differently."""
+        of a joint call wait for each other in every layer, so the window is re-cut evenly for the call, in strips
+        (rows of patches): each stage computes an equal share of the window's tokens, and the latents and
+        velocities that cross a share's edge travel in one all-to-all each way (latents with their levels; they are
+        small beside the activations). A window too small for every stage to compute at least as much as the
+        smallest band holds (fill and drain) keeps its bands: the exchange would cost more than it saves, and CPU
+        attention rounds very short query blocks differently."""
         if self.joint is None:
             self.joint = JointCalls(self.transformer)
-        held = list(frames)
-        even = self.joint.even_frames(held, group.world)
-        if even == held or min(even) < min(f for f in held if f):
-            return self._joint_velocity(group, x, sigma, cond, held)
-        rows = group.redistribute(frame_rows(x, sigma), held, even, dim=0)  # [even[j], B*Ch*h*w + B]
-        x_even, sigma_even = from_frame_rows(rows, x, sigma)  # [B, Ch, even[j], h, w], [B, even[j]]
-        v_even = self._joint_velocity(group, x_even, sigma_even, cond, even)  # [B, Ch, even[j], h, w]
-        return group.redistribute(v_even, even, held, dim=2)  # [B, Ch, F_j, h, w]
+        height, width = x.shape[3:]
+        held = self.joint.held_strips(frames, height)
+        even = self.joint.even_strips(held, group.world)
+        strips, levels = self.joint.strips.cut(x, sigma)  # [B, Ch, held[j], p_h, w], [B, held[j]]
+        if even == held or min(even) < min(s for s in held if s):
+            v = self._joint_velocity(group, strips, levels, cond, held, height, width)
+        else:
+            rows = group.redistribute(frame_rows(strips, levels), held, even, dim=0)  # [even[j], B*Ch*p_h*w + B]
+            strips_even, levels_even = from_frame_rows(rows, strips, levels)  # [B, Ch, even[j], p_h, w], [B, even[j]]
+            v_even = self._joint_velocity(group, strips_even, levels_even, cond, even, height, width)
+            v = group.redistribute(v_even, even, held, dim=2)  # [B, Ch, held[j], p_h, w]
+        return self.joint.strips.join(v, height)  # [B, Ch, F_j, h, w]
 
-    def _joint_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond,
-                        frames: list[int]) -> torch.Tensor:
-        """v of this stage's share x [B, Ch, frames[j], h, w] of a window split as `frames`, computed together."""
-        with self.joint.window(group, tuple(frames), *x.shape[3:]) as share:
-            if x.shape[2]:
-                return self.velocity(x, sigma, cond)
-            self.joint.take_part(share, len(x) * (1 if cond.negative is None else 2))
-            return torch.empty_like(x)
+    def _joint_velocity(self, group: StageGroup, strips: torch.Tensor, levels: torch.Tensor, cond: TextCond,
+                        shares: list[int], height: int, width: int) -> torch.Tensor:
+        """v of this stage's share [B, Ch, shares[j], p_h, w] (strip layout, levels [B, shares[j]]) of a window of
+        height x width latents split as `shares` strips per stage, computed together."""
+        with self.joint.window(group, shares, height, width) as share:
+            if strips.shape[2]:
+                return self.velocity(strips, levels, cond)
+            self.joint.take_part(share, len(strips) * (1 if cond.negative is None else 2))
+            return torch.empty_like(strips)

@@ -1,5 +1,11 @@
-"""Joint SkyReels-V2 calls: each stage runs the transformer on its own frames' tokens; self-attention gathers the
-keys and values of the whole window from the stages (context parallelism by an all-gather of K and V).
+"""Joint SkyReels-V2 calls: each stage runs the transformer on its own share of the window's tokens; self-attention
+gathers the keys and values of the whole window from the stages (context parallelism by an all-gather of K and V).
+
+A share is a run of strips, not of frames: a strip is the latents of one row of patches (p_h latent rows of one
+frame, with the p_t frames of its temporal patch), so shares differ by at most one row of tokens whatever the
+window's frame count (15 frames in 2 stages: 60 strips each instead of 8 and 7 frames). The model takes a share as
+a video whose frames are its strips: patch embedding, per-frame levels and the output projection act on each patch
+alone, so this gives every token exactly what the window's call gives it.
 
 Everything but self-attention acts on one token at a time (patch embedding, per-frame timestep modulation, norms,
 feed-forward, cross-attention to the text, the output projection), so it runs unchanged on a stage's own tokens;
@@ -33,7 +39,36 @@ class WindowShare:
     group: StageGroup
     tokens: list[int]  # tokens of each stage's share, stage 0 first
     offset: int  # this stage's first token in the window
-    frames: int  # the window's frames after patching
+    shape: tuple[int, int, int]  # the window's latent frames, height and width
+
+
+@dataclass(frozen=True)
+class Strips:
+    """The strip layout of a model's windows: x [B, Ch, F, h, w] as x [B, Ch, S, p_h, w], S = F * h / p_h strips
+    in token order (frame patch, patch row, then the p_t frames of the temporal patch)."""
+
+    patch: tuple[int, int, int]  # the model's p_t, p_h, p_w
+
+    def count(self, frames: int, height: int) -> int:
+        """Strips of `frames` latent frames of this height."""
+        return frames * (height // self.patch[1])
+
+    def cut(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, Ch, F, h, w], sigma [B, F] -> x [B, Ch, S, p_h, w] and each strip's level [B, S]."""
+        p_t, p_h, _ = self.patch
+        b, ch, f, h, w = x.shape
+        parts = x.reshape(b, ch, f // p_t, p_t, h // p_h, p_h, w)  # [B, Ch, F', p_t, h', p_h, w]
+        strips = parts.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, ch, -1, p_h, w)  # [B, Ch, F'*h'*p_t, p_h, w]
+        levels = sigma.unflatten(1, (f // p_t, 1, p_t)).expand(-1, -1, h // p_h, -1)  # [B, F', h', p_t]
+        return strips, levels.flatten(1)
+
+    def join(self, strips: torch.Tensor, height: int) -> torch.Tensor:
+        """cut undone for x: [B, Ch, S, p_h, w] -> [B, Ch, F, h, w] with h = height."""
+        p_t, p_h, _ = self.patch
+        b, ch, s, _, w = strips.shape
+        patches = s // (height // p_h * p_t)  # F' (the shape is spelt out: a share may be empty)
+        parts = strips.reshape(b, ch, patches, height // p_h, p_t, p_h, w)  # [B, Ch, F', h', p_t, p_h, w]
+        return parts.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, ch, patches * p_t, height, w)
 
 
 class WindowRope(nn.Module):
@@ -47,9 +82,7 @@ class WindowRope(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.share is None:
             return self.rope(hidden_states)
-        b, ch, _, h, w = hidden_states.shape
-        p_t = self.rope.patch_size[0]
-        whole = torch.empty(b, ch, self.share.frames * p_t, h, w, device="meta")  # only its shape is read
+        whole = torch.empty(*hidden_states.shape[:2], *self.share.shape, device="meta")  # only its shape is read
         cos, sin = self.rope(whole)  # [1, T, 1, D] each, the whole window
         mine = slice(self.share.offset, self.share.offset + self.share.tokens[self.share.group.rank])
         return cos[:, mine], sin[:, mine]
@@ -107,27 +140,33 @@ class JointCalls:
             raise UserError("pipeline.parallel=context needs a model with full attention (num_frame_per_block = 1); "
                             "use pipeline.parallel=halo")
         self.transformer = transformer
+        self.strips = Strips(tuple(transformer.config.patch_size))
         self.rope = WindowRope(transformer.rope)
         transformer.rope = self.rope
         for block in transformer.blocks:
             block.attn1.set_processor(JointSelfAttention(block.attn1.processor, self.rope))
 
-    def even_frames(self, frames: list[int], world: int) -> list[int]:
-        """The window of `frames` (latent frames per stage) re-cut into `world` near-equal shares of whole temporal
-        patches, stage 0 first."""
-        p_t = self.transformer.config.patch_size[0]
+    def even_strips(self, strips: list[int], world: int) -> list[int]:
+        """The window of `strips` (strips per stage) re-cut into `world` near-equal shares of whole patches, stage 0
+        first."""
+        return even_split(sum(strips), world, self.strips.patch[0])
+
+    def held_strips(self, frames: tuple[int, ...], height: int) -> list[int]:
+        """Strips per stage of a window split as `frames` (latent frames per stage) of this latent height."""
+        p_t = self.strips.patch[0]
         if any(f % p_t for f in frames):
             raise UserError(f"pipeline.parallel=context needs schedule.chunk to be a multiple of the model's "
                             f"temporal patch {p_t}")
-        return even_split(sum(frames), world, p_t)
+        return [self.strips.count(f, height) for f in frames]
 
     @contextlib.contextmanager
-    def window(self, group: StageGroup, frames: tuple[int, ...], height: int, width: int) -> Iterator[WindowShare]:
-        """While open, the model computes this stage's share of a window split as `frames` (latent frames per
-        stage, stage 0 first) of height x width latents."""
-        p_t, p_h, p_w = self.transformer.config.patch_size
-        tokens = [f // p_t * (height // p_h) * (width // p_w) for f in frames]
-        self.rope.share = WindowShare(group, tokens, group.offset(tokens), sum(frames) // p_t)
+    def window(self, group: StageGroup, strips: list[int], height: int, width: int) -> Iterator[WindowShare]:
+        """While open, the model computes this stage's share of a window split as `strips` (strips per stage, stage
+        0 first) of height x width latents; the model's input is the share in the strip layout."""
+        p_t, p_h, p_w = self.strips.patch
+        tokens = [s // p_t * (width // p_w) for s in strips]
+        frames = sum(strips) // (height // p_h)
+        self.rope.share = WindowShare(group, tokens, group.offset(tokens), (frames, height, width))
         try:
             yield self.rope.share
         finally:

@@ -73,7 +73,7 @@ class StageGroup:
         got = self._buffer("got", [self.world * shape[0], *shape[1:]], local.dtype)
         started = time.perf_counter()
         try:
-            dist.all_gather_into_tensor(got, sent)
+            dist.all_gather_single(got, sent)
         except RuntimeError as err:
             raise PeerLost(f"stage {self.rank}: a collective with the other stages failed: {err}") from None
         self.stats.seconds += time.perf_counter() - started

@@ -3,6 +3,7 @@ self-attention over the stages.
 
     python -m benchmarks.context_parallel speed        [--seconds 60] [--repeats 1]
     python -m benchmarks.context_parallel collectives  [--seconds 10] [--stages 2 3 4]
+    python -m benchmarks.context_parallel cores        [--calls 20] [--repeats 3]
     python -m benchmarks.context_parallel attention    [--stages 2 3 4] [--repeats 20] [--batch 2] [--tokens 960]
                                                        [--heads 4] [--head-dim 32] [--frame-tokens 64]
 
@@ -12,12 +13,17 @@ and the in-process executor on two threads (the best single-stage use of two cor
 ratios, and the largest difference between the two-stage and the one-stage latents (the same video: < 1e-4).
 `collectives` runs the same model with P stages in context mode and prints, per tick and stage, the milliseconds
 spent in collectives (waiting for the other stages included) and the bytes received in them.
+`cores` times the shipped model's call on a whole window (15 latent frames, guidance) on one thread per process,
+without the pipeline around it, three ways in turns: one process alone, two independent processes at once (what
+this machine gives two processes), and two processes computing each call together as context mode's stages do
+(each with its band, gloo on loopback); it prints the median ms per call, of which in collectives (waits
+included), and the ratios over the one process.
 `attention` times one self-attention call shared by P processes (gloo on loopback, one thread each) three ways:
 the all-gather of keys and values that context mode ships, Ulysses (an all-to-all from a token split to a head
 split and back; only where P divides the heads) and ring attention (P - 1 passes of key and value blocks to the
 next stage, partial outputs merged by log-sum-exp). The defaults are the shipped model's call (guidance doubles
-the batch to 2; 15 latent frames of 64 tokens; 4 heads of dim 32), split into near-equal shares of whole frames as
-context mode splits a full window; a larger call e.g. with --tokens 7680 --heads 12 --head-dim 64
+the batch to 2; 15 latent frames of 64 tokens; 4 heads of dim 32), split into near-equal shares of whole frames
+(context mode cuts finer, in rows of patches); a larger call e.g. with --tokens 7680 --heads 12 --head-dim 64
 --frame-tokens 1560. Per P and method it prints the median ms
 per call (the slowest stage's), of which the stages spent in collectives on average (posting and waiting), the
 bytes each stage sends (shares padded to the longest, so every stage sends what it receives), and the largest
@@ -37,7 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from actors.backends.collective import StageGroup, even_split, free_port
-from actors.backends.factory import frame_count
+from actors.backends.factory import build_backend, frame_count
 from benchmarks import start_ray
 from benchmarks.pipeline import run_once, runner_for, with_topology
 from orchestrator.core.config import Config
@@ -251,6 +257,75 @@ def attention(args) -> None:
         raise SystemExit(f"a method differs from single-process attention by {worst:.1e} (>= 1e-4)")
 
 
+def call_worker(rank: int, world: int, port: int | None, calls: int, start, results) -> None:
+    """Makes `calls` calls of the shipped model on a whole window on one thread, after all workers are ready: alone
+    (port None) or as stage `rank` of `world` computing each call together (context mode, the window split into
+    its bands); puts the seconds per call and the seconds of it in collectives on `results`."""
+    torch.set_num_threads(1)
+    config = shipped(1.0, world, 1, 0.5)
+    backend = build_backend(config.model)
+    chunk, noisy = config.schedule.chunk, config.schedule.noisy_chunks
+    frames = (noisy + config.schedule.context_chunks) * chunk
+    generator = torch.Generator().manual_seed(0)  # every process the same window
+    x = torch.randn(1, *backend.latent_shape[:1], frames, *backend.latent_shape[1:], generator=generator)
+    sigma = torch.rand(1, frames, generator=generator)  # [1, F]
+    cond = backend.encode_prompt(config.prompts[0].split(":", 1)[1])
+    group = None
+    if port is None:
+        def call() -> None:
+            backend.velocity(x, sigma, cond)  # [1, Ch, F, h, w]
+    else:
+        group = StageGroup("127.0.0.1", port, rank, world, torch.device("cpu"), timeout=120)
+        bands = [noisy // world * chunk] * world
+        bands[-1] = frames - sum(bands[:-1])  # the oldest band also holds the context
+        first = sum(bands[rank + 1 :])
+        mine = slice(first, first + bands[rank])
+
+        def call() -> None:
+            backend.shared_velocity(group, x[:, :, mine], sigma[:, mine], cond, tuple(bands))
+    call()  # warm-up
+    start.wait()
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    spent = time.perf_counter() - started
+    results.put((spent / calls, 0.0 if group is None else group.take_stats().seconds / calls))
+
+
+def timed_calls(processes: int, calls: int, joint: bool) -> tuple[float, float]:
+    """Seconds per call of `processes` one-thread processes calling the model at once, each on its own window or
+    (joint) together on one, and the seconds of it in collectives; means over the processes."""
+    context = torch.multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.SimpleQueue()
+    port = free_port() if joint else None
+    workers = [context.Process(target=call_worker, args=(rank, processes, port, calls, start, results))
+               for rank in range(processes)]
+    for worker in workers:
+        worker.start()
+    per_call = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return statistics.mean(t for t, _ in per_call), statistics.mean(c for _, c in per_call)
+
+
+def cores(args) -> None:
+    kinds = {"one process alone": (1, False), "two processes at once, each its own call": (2, False),
+             "two processes sharing each call (context mode)": (2, True)}
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in kinds}
+    for _ in range(args.repeats):  # in turns, so that a slower spell of the machine falls on all three
+        for label, (processes, joint) in kinds.items():
+            runs[label].append(timed_calls(processes, args.calls, joint))
+    alone, both, shared = (statistics.median(t for t, _ in runs[label]) for label in kinds)
+    print(f"the shipped model's call on a whole window, 1 thread per process, {args.calls} calls, "
+          f"median of {args.repeats}")
+    for label, times in runs.items():
+        collective = statistics.median(c for _, c in times)
+        print(f"  {label:48s} {1000 * statistics.median(t for t, _ in times):6.1f} ms per call "
+              f"({1000 * collective:.1f} in collectives)  runs: {', '.join(f'{1000 * t:.1f}' for t, _ in times)}")
+    print(f"  throughput of two processes over one: {2 * alone / both:.2f}x; "
+          f"a call shared by two over one alone: {alone / shared:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,6 +335,9 @@ def main() -> None:
     run_collectives = sub.add_parser("collectives")
     run_collectives.add_argument("--seconds", type=float, default=10.0)
     run_collectives.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    run_cores = sub.add_parser("cores")
+    run_cores.add_argument("--calls", type=int, default=20)
+    run_cores.add_argument("--repeats", type=int, default=3)
     run_attention = sub.add_parser("attention")
     run_attention.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     run_attention.add_argument("--repeats", type=int, default=20)
@@ -273,6 +351,9 @@ def main() -> None:
         if args.tokens % args.frame_tokens:
             parser.error("--tokens must be a multiple of --frame-tokens")
         attention(args)
+        return
+    if args.command == "cores":
+        cores(args)
         return
     start_ray(2)
     try:

@@ -200,7 +200,7 @@ def test_sigterm_checkpoints_the_videos_in_progress_and_a_restart_finishes_them(
                  "serve.grace_seconds=30", "serve.max_seconds=120"]
     server = Server(root, overrides, model="gaussian")
     url = f"{server.base}/v1/videos"
-    ids = [requests.post(url, headers=server.headers, json={"prompt": p, "seconds": 120, "seed": seed}).json()["id"]
+    ids = [requests.post(url, headers=server.headers, json={"prompt": p, "seconds": 60, "seed": seed}).json()["id"]
            for p, seed in (("a red circle", 1), ("a blue square", 2))]
     deadline = time.time() + 60
     while not all(requests.get(f"{url}/{i}", headers=server.headers).json()["progress"] > 5 for i in ids):
@@ -225,7 +225,7 @@ def test_sigterm_checkpoints_the_videos_in_progress_and_a_restart_finishes_them(
     for video_id, (prompt, seed) in zip(ids, (("a red circle", 1), ("a blue square", 2)), strict=True):
         alone = tmp_path / f"{seed}.arrow"
         assert main(["generate", "--model", "gaussian", "--quiet", *GAUSSIAN, "pipeline.stages=0", "--prompt",
-                     f"0:{prompt}", "--seconds", "120", "--seed", str(seed), "--latents-out", str(alone),
+                     f"0:{prompt}", "--seconds", "60", "--seed", str(seed), "--latents-out", str(alone),
                      "--out", str(tmp_path / f"{seed}.mp4")]) == 0
         assert read_latents(root / video_id / "latents_all.arrow").equal(read_latents(alone))
-        assert probe_mp4(root / video_id / "content.mp4")[0] == 960
+        assert probe_mp4(root / video_id / "content.mp4")[0] == 480

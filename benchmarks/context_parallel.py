@@ -47,6 +47,8 @@ from actors.backends.factory import build_backend, frame_count
 from benchmarks import start_ray
 from benchmarks.pipeline import run_once, runner_for, with_topology
 from orchestrator.core.config import Config
+from orchestrator.core.partition import Partition
+from orchestrator.core.prompts import split_entry
 from orchestrator.core.schedule import total_ticks
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import plan_video
@@ -264,20 +266,21 @@ def call_worker(rank: int, world: int, port: int | None, calls: int, start, resu
     torch.set_num_threads(1)
     config = shipped(1.0, world, 1, 0.5)
     backend = build_backend(config.model)
-    chunk, noisy = config.schedule.chunk, config.schedule.noisy_chunks
-    frames = (noisy + config.schedule.context_chunks) * chunk
+    chunk, noisy, context = config.schedule.chunk, config.schedule.noisy_chunks, config.schedule.context_chunks
+    frames = (noisy + context) * chunk
     generator = torch.Generator().manual_seed(0)  # every process the same window
     x = torch.randn(1, *backend.latent_shape[:1], frames, *backend.latent_shape[1:], generator=generator)
     sigma = torch.rand(1, frames, generator=generator)  # [1, F]
-    cond = backend.encode_prompt(config.prompts[0].split(":", 1)[1])
+    cond = backend.encode_prompt(split_entry(config.prompts[0])[1])
     group = None
     if port is None:
         def call() -> None:
             backend.velocity(x, sigma, cond)  # [1, Ch, F, h, w]
     else:
         group = StageGroup("127.0.0.1", port, rank, world, torch.device("cpu"), timeout=120)
-        bands = [noisy // world * chunk] * world
-        bands[-1] = frames - sum(bands[:-1])  # the oldest band also holds the context
+        partition = Partition.from_config(world, "all", noisy, parallel="context")
+        bands = [(len(band) + (context if band.start == 0 else 0)) * chunk  # the oldest band also holds the context
+                 for band in partition.bands(noisy)]  # latent frames per stage, stage 0 first
         first = sum(bands[rank + 1 :])
         mine = slice(first, first + bands[rank])
 

@@ -53,6 +53,10 @@ class Strips:
         """Strips of `frames` latent frames of this height."""
         return frames * (height // self.patch[1])
 
+    def frames(self, strips: int, height: int) -> int:
+        """Latent frames of `strips` strips of frames of this height (count undone)."""
+        return strips // (height // self.patch[1])
+
     def cut(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, Ch, F, h, w], sigma [B, F] -> x [B, Ch, S, p_h, w] and each strip's level [B, S]."""
         p_t, p_h, _ = self.patch
@@ -66,9 +70,9 @@ class Strips:
         """cut undone for x: [B, Ch, S, p_h, w] -> [B, Ch, F, h, w] with h = height."""
         p_t, p_h, _ = self.patch
         b, ch, s, _, w = strips.shape
-        patches = s // (height // p_h * p_t)  # F' (the shape is spelt out: a share may be empty)
-        parts = strips.reshape(b, ch, patches, height // p_h, p_t, p_h, w)  # [B, Ch, F', h', p_t, p_h, w]
-        return parts.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, ch, patches * p_t, height, w)
+        frames = self.frames(s, height)  # F (the shape is spelt out: a share may be empty)
+        parts = strips.reshape(b, ch, frames // p_t, height // p_h, p_t, p_h, w)  # [B, Ch, F', h', p_t, p_h, w]
+        return parts.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, ch, frames, height, w)
 
 
 class WindowRope(nn.Module):
@@ -163,9 +167,9 @@ class JointCalls:
     def window(self, group: StageGroup, strips: list[int], height: int, width: int) -> Iterator[WindowShare]:
         """While open, the model computes this stage's share of a window split as `strips` (strips per stage, stage
         0 first) of height x width latents; the model's input is the share in the strip layout."""
-        p_t, p_h, p_w = self.strips.patch
+        p_t, _, p_w = self.strips.patch
         tokens = [s // p_t * (width // p_w) for s in strips]
-        frames = sum(strips) // (height // p_h)
+        frames = self.strips.frames(sum(strips), height)
         self.rope.share = WindowShare(group, tokens, group.offset(tokens), (frames, height, width))
         try:
             yield self.rope.share

@@ -1,5 +1,6 @@
 """`pavdm serve` in a child process on a free loopback port, for the API tests and the load test."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,10 +14,17 @@ import requests
 API_KEY = "test-key-1234"
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free now: all are held open while chosen, so none is handed out twice."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class Server:

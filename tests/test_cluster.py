@@ -15,7 +15,7 @@ import ray
 import torch
 from conftest import probe_mp4
 
-from benchmarks.serve_process import free_port
+from benchmarks.serve_process import free_port, free_ports
 from orchestrator.engine.jobs import JobQueue, StreamJob
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.runner import run_jobs
@@ -38,7 +38,7 @@ FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_ti
 
 def ray_start(env: dict, *args: str) -> None:
     command = [str(Path(sys.executable).parent / "ray"), "start", *args, "--disable-usage-stats",
-               f"--dashboard-agent-listen-port={free_port()}", "--object-store-memory=100000000"]
+               "--object-store-memory=100000000"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -75,10 +75,12 @@ def two_nodes(monkeypatch):
     env = {**os.environ, "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", **FAST_HEALTH_CHECKS}
     env.pop("RAY_ADDRESS", None)
     try:
-        ray_start(env, "--head", f"--port={free_port()}", f"--ray-client-server-port={free_port()}", "--num-cpus=1",
-                  "--include-dashboard=false")
+        gcs, client, agent = free_ports(3)
+        ray_start(env, "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
+                  f"--dashboard-agent-listen-port={agent}", "--num-cpus=1", "--include-dashboard=false")
         address = (temp / "ray" / "ray_current_cluster").read_text().strip()
-        ray_start(env, f"--address={address}", "--num-cpus=1", f'--resources={{"{SECOND}": 1}}')
+        ray_start(env, f"--address={address}", f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=1",
+                  f'--resources={{"{SECOND}": 1}}')
         # For the drivers, each in a fresh process: Ray settles its authentication mode once per process.
         monkeypatch.setenv("RAY_ADDRESS", address)
         monkeypatch.setenv("RAY_AUTH_MODE", "disabled")

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -12,6 +11,7 @@ import urllib.request
 import pytest
 
 from actors.backends.factory import frame_count
+from benchmarks.serve_process import free_port
 from orchestrator.core.config import Config, ModelConfig, ScheduleConfig
 from orchestrator.core.schedule import total_ticks
 from orchestrator.engine.metrics import PipelineMetrics
@@ -19,12 +19,6 @@ from orchestrator.engine.plan import plan_video
 from orchestrator.engine.ray_pipeline import Pipeline
 from orchestrator.engine.runner import run_video
 from orchestrator.state.runs import RunFolder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

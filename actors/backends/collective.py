@@ -3,10 +3,12 @@ counted."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -71,12 +73,8 @@ class StageGroup:
         sent = self._buffer("sent", shape, local.dtype)
         sent.narrow(dim, 0, local.shape[dim]).copy_(local)  # the padding keeps stale values, cut away below
         got = self._buffer("got", [self.world * shape[0], *shape[1:]], local.dtype)
-        started = time.perf_counter()
-        try:
+        with self.exchanging():
             dist.all_gather_single(got, sent)
-        except RuntimeError as err:
-            raise PeerLost(f"stage {self.rank}: a collective with the other stages failed: {err}") from None
-        self.stats.seconds += time.perf_counter() - started
         self.stats.bytes += sent.numel() * sent.element_size() * (self.world - 1)
         parts = got.unflatten(0, (self.world, shape[0]))  # [P, *shape]: stage j's share padded, at parts[j]
         pieces = [parts[j].narrow(dim, 0, sizes[j]) for j in reversed(range(self.world))]
@@ -104,16 +102,23 @@ class StageGroup:
         sent = torch.cat(pieces).to(self.device).contiguous()  # pieces in the order of their stages
         counts = [stop - start for start, stop in receives]
         got = sent.new_empty((sum(counts), *sent.shape[1:]))
-        started = time.perf_counter()
-        try:
+        with self.exchanging():
             dist.all_to_all_single(got, sent, counts, [len(piece) for piece in pieces])
-        except RuntimeError as err:
-            raise PeerLost(f"stage {self.rank}: a collective with the other stages failed: {err}") from None
-        self.stats.seconds += time.perf_counter() - started
         self.stats.bytes += (sum(counts) - counts[self.rank]) * math.prod(sent.shape[1:]) * sent.element_size()
         parts = got.split(counts)
         window_order = torch.cat([parts[j] for j in reversed(range(self.world))])  # older stages' parts first
         return window_order.movedim(0, dim).to(local.device)
+
+    @contextlib.contextmanager
+    def exchanging(self) -> Iterator[None]:
+        """Around a collective: its time is counted, and its failure (a peer gone) raises PeerLost."""
+        started = time.perf_counter()
+        try:
+            yield
+        except RuntimeError as err:
+            raise PeerLost(f"stage {self.rank}: a collective with the other stages failed: {err}") from None
+        finally:
+            self.stats.seconds += time.perf_counter() - started
 
     def _span(self, sizes: list[int], rank: int) -> tuple[int, int]:
         """[start, stop) of a stage's share in the window."""

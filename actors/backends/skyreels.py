@@ -130,9 +130,12 @@ class SkyReelsBackend:
             return_dict=False,
         )[0].float()  # [B or 2B, Ch, F, h, w]
         if cond.negative is not None:
-            conditional, unconditional = out.chunk(2)
-            out = unconditional + self.guidance * (conditional - unconditional)
+            out = self.guided(*out.chunk(2))
         return out.to(x.device)
+
+    def guided(self, conditional: torch.Tensor, unconditional: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance: the two branches' velocities [B, ...] made into one."""
+        return unconditional + self.guidance * (conditional - unconditional)
 
     def shared_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond,
                         frames: tuple[int, ...]) -> torch.Tensor:
@@ -145,7 +148,13 @@ class SkyReelsBackend:
         velocities that cross a share's edge travel in one all-to-all each way (latents with their levels; they are
         small beside the activations). A window too small for every stage to compute at least as much as the
         smallest band holds (fill and drain) keeps its bands: the exchange would cost more than it saves, and CPU
-        attention rounds very short query blocks differently."""
+        attention rounds very short query blocks differently.
+
+        Two stages with guidance, both holding frames, split the call by branch instead (_branch_velocity): no
+        collective inside the model at all. (The window of one chunk at the start of a video stays with the split
+        of tokens: one branch of so few tokens alone rounds differently from the two batched.)"""
+        if cond.negative is not None and group.world == 2 and all(frames):
+            return self._branch_velocity(group, x, sigma, cond, frames)
         if self.joint is None:
             self.joint = JointCalls(self.transformer)
         height, width = x.shape[3:]
@@ -160,6 +169,22 @@ class SkyReelsBackend:
             v_even = self._joint_velocity(group, strips_even, levels_even, cond, even, height, width)
             v = group.redistribute(v_even, even, held, dim=2)  # [B, Ch, held[j], p_h, w]
         return self.joint.strips.join(v, height)  # [B, Ch, F_j, h, w]
+
+    def _branch_velocity(self, group: StageGroup, x: torch.Tensor, sigma: torch.Tensor, cond: TextCond,
+                         frames: tuple[int, ...]) -> torch.Tensor:
+        """A joint call of two stages with guidance: stage 0 computes the conditional branch of the whole window,
+        stage 1 the unconditional one, from the window's latents gathered first (they are small); the branches'
+        velocities are exchanged and each stage keeps the guided velocity of its own frames. Each stage does half
+        the work, as with a split of the tokens, but the stages meet twice per call instead of in every layer, and
+        one branch alone gives the same bits as the two batched (the shipped model on CPU)."""
+        rows = group.gather(frame_rows(x, sigma), list(frames), dim=0)  # [F, B*Ch*h*w + B], the whole window
+        window, levels = from_frame_rows(rows, x, sigma)  # [B, Ch, F, h, w], [B, F]
+        text = cond.positive if group.rank == 0 else cond.negative
+        branch = self.velocity(window, levels, TextCond(text, None))  # [B, Ch, F, h, w]
+        both = group.gather(branch, [len(branch)] * 2, dim=0)  # [2B, Ch, F, h, w]: stage 1's first, window order
+        unconditional, conditional = both.chunk(2)
+        first = group.offset(list(frames))
+        return self.guided(conditional, unconditional)[:, :, first : first + frames[group.rank]]  # [B, Ch, F_j, h, w]
 
     def _joint_velocity(self, group: StageGroup, strips: torch.Tensor, levels: torch.Tensor, cond: TextCond,
                         shares: list[int], height: int, width: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.core.config import PipelineConfig
 from orchestrator.core.errors import UserError
 from orchestrator.core.schedule import Tick
 
@@ -31,6 +32,12 @@ class Partition:
         if parallel == "context":
             return cls(stages, 0, parallel)
         return cls(stages, None if halo == "all" else int(halo))
+
+    @classmethod
+    def of_pipeline(cls, pipeline: PipelineConfig, noisy: int) -> Partition:
+        """The partition that the pipeline settings ask for, over `noisy` noisy chunks (0 stages, the in-process
+        executor, is one stage)."""
+        return cls.from_config(max(pipeline.stages, 1), pipeline.halo, noisy, pipeline.parallel)
 
     @property
     def joint(self) -> bool:

@@ -36,8 +36,7 @@ class VideoPlan:
 def plan_video(config: Config, frames_of: FrameCount) -> VideoPlan:
     frames = check_length(config.seconds, config.fps, config.run.max_seconds, "run.max_seconds")
     geometry = Geometry.from_config(config.schedule)
-    partition = Partition.from_config(max(config.pipeline.stages, 1), config.pipeline.halo, geometry.noisy,
-                                      config.pipeline.parallel)
+    partition = Partition.of_pipeline(config.pipeline, geometry.noisy)
     latent_frames = frames_of.latent_frames(frames)
     prompts = ChunkPrompts(PromptSchedule.parse(config.prompts), frames_of, geometry.chunk, config.fps)
     size = VideoSize(frames, latent_frames, geometry.chunk)

@@ -43,9 +43,7 @@ def job_steps(config: Config, queue: JobQueue, metrics: PipelineMetrics, bar: tq
     """Run every job of `queue` until it is closed and empty, on the executor `config` asks for; on_executor hears
     of every executor built (and of None when it goes). In process, with keep_chunks, yields every chunk once
     written; backend_of loads the in-process model. Returns the number of pipeline restarts (Ray only)."""
-    pipe = config.pipeline
-    note = Partition.from_config(max(pipe.stages, 1), pipe.halo, config.schedule.noisy_chunks, pipe.parallel
-                                 ).approximation_note()
+    note = Partition.of_pipeline(config.pipeline, config.schedule.noisy_chunks).approximation_note()
     if note:
         log.warning(note)
     if uses_ray(config.pipeline):

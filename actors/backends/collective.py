@@ -80,6 +80,16 @@ class StageGroup:
         pieces = [parts[j].narrow(dim, 0, sizes[j]) for j in reversed(range(self.world))]
         return torch.cat(pieces, dim=dim).to(local.device)
 
+    def gather_window(self, x: torch.Tensor, sigma: torch.Tensor, frames: list[int]
+                      ) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        """The whole window from every stage's band (this one's x [B, Ch, F_j, h, w], sigma [B, F_j]; frames[j]
+        latent frames per stage): its latents [B, Ch, F, h, w] and levels [B, F], in one exchange (they are small
+        beside a model's activations), and where this stage's frames lie in it."""
+        rows = self.gather(frame_rows(x, sigma), frames, dim=0)  # [F, B*Ch*h*w + B]
+        window, levels = from_frame_rows(rows, x, sigma)
+        start = self.offset(frames)
+        return window, levels, slice(start, start + frames[self.rank])
+
     def _buffer(self, role: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of this shape on the group's device for one role in an exchange, the same one on every call
         that asks for it (a few shapes recur: the window's during most of a run, others during fill and drain)."""

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from actors.backends.collective import StageGroup, frame_rows, from_frame_rows
+from actors.backends.collective import StageGroup
 from actors.codecs import IdentityCodec
 from orchestrator.core.config import ModelConfig
 
@@ -99,13 +99,10 @@ class GaussianProcessBackend:
                         frames: tuple[int, ...]) -> torch.Tensor:
         """A joint call: the window's latents and levels are gathered from the stages (they are small) and the
         posterior is solved for this stage's frames only. x [B, Ch, F_j, H, W], sigma [B, F_j] -> v like x."""
-        sizes = list(frames)
-        rows = group.gather(frame_rows(x, sigma), sizes, dim=0)  # [F, B*Ch*H*W + B]: one exchange for both
-        window, levels = from_frame_rows(rows, x, sigma)  # [B, Ch, F, H, W], [B, F]
+        window, levels, mine = group.gather_window(x, sigma, list(frames))  # [B, Ch, F, H, W], [B, F]
         if not x.shape[2]:  # an empty band brings nothing and needs nothing
             return torch.empty_like(x)
-        start = group.offset(sizes)
-        return self._velocity_at(window, levels, x, sigma, slice(start, start + x.shape[2]))
+        return self._velocity_at(window, levels, x, sigma, mine)
 
     def _velocity_at(self, window: torch.Tensor, levels: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor,
                      rows: slice = slice(None)) -> torch.Tensor:

@@ -177,14 +177,12 @@ class SkyReelsBackend:
         velocities are exchanged and each stage keeps the guided velocity of its own frames. Each stage does half
         the work, as with a split of the tokens, but the stages meet twice per call instead of in every layer, and
         one branch alone gives the same bits as the two batched (the shipped model on CPU)."""
-        rows = group.gather(frame_rows(x, sigma), list(frames), dim=0)  # [F, B*Ch*h*w + B], the whole window
-        window, levels = from_frame_rows(rows, x, sigma)  # [B, Ch, F, h, w], [B, F]
+        window, levels, mine = group.gather_window(x, sigma, list(frames))  # [B, Ch, F, h, w], [B, F]
         text = cond.positive if group.rank == 0 else cond.negative
         branch = self.velocity(window, levels, TextCond(text, None))  # [B, Ch, F, h, w]
         both = group.gather(branch, [len(branch)] * 2, dim=0)  # [2B, Ch, F, h, w]: stage 1's first, window order
         unconditional, conditional = both.chunk(2)
-        first = group.offset(list(frames))
-        return self.guided(conditional, unconditional)[:, :, first : first + frames[group.rank]]  # [B, Ch, F_j, h, w]
+        return self.guided(conditional, unconditional)[:, :, mine]  # [B, Ch, F_j, h, w]
 
     def _joint_velocity(self, group: StageGroup, strips: torch.Tensor, levels: torch.Tensor, cond: TextCond,
                         shares: list[int], height: int, width: int) -> torch.Tensor:

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 SINK_NICENESS = 10  # the sink actor's: its work waits for the stages' (see Pipeline)
 
 # A cluster of our own: its workers at the driver's priority (Ray starts them at niceness 15, behind every other
-# process on the node), and a bounded record of finished tasks in the GCS (several tasks run per tick).
-OWN_CLUSTER = {"worker_niceness": 0, "task_events_max_num_task_in_gcs": 10_000}
+# process on the node), and without Ray's own bookkeeping of every task and its own metrics (several tasks run per
+# tick, and that work takes the cores the stages compute on; pavdm exports its own metrics).
+OWN_CLUSTER = {"worker_niceness": 0, "task_events_report_interval_ms": 0, "enable_metrics_collection": False}
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """One joint model call of the shipped model shared by two gloo processes, against the same call in one process:
-split by guidance branch when both stages hold frames, by tokens without guidance or with an empty band."""
+split by guidance branch with guidance, by tokens without, and no split of a window one stage holds alone."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ def backend_with(guidance: float | None):
     return build_backend(model if guidance is None else dataclasses.replace(model, guidance_scale=guidance))
 
 
-CASES = {  # name: (guidance, latent frames per stage, stage 0 first); None keeps the shipped guidance 3
-    "guided, split by branch": (None, (6, 9)),
-    "unguided, split by tokens": (1.0, (6, 9)),
-    "guided with an empty band, split by tokens": (None, (0, 15)),
+CASES = {  # name: (guidance, latent frames per stage, stage 0 first; the split); None keeps the shipped guidance 3
+    "guided": (None, (6, 9), "branch"),
+    "unguided": (1.0, (6, 9), "tokens"),
+    "guided with an empty band": (None, (0, 15), "alone"),
 }
 
 
@@ -40,7 +40,7 @@ def stage(rank: int, port: int, results) -> None:
     torch.set_num_threads(1)
     group = StageGroup("127.0.0.1", port, rank, 2, torch.device("cpu"), timeout=60)
     try:
-        for name, (guidance, bands) in CASES.items():
+        for name, (guidance, bands, _) in CASES.items():
             backend = backend_with(guidance)
             x, sigma = window(backend)
             first = sum(bands[rank + 1 :])  # the older band (stage 1's) comes first in the window
@@ -63,13 +63,15 @@ def test_a_shared_call_equals_the_call_in_one_process():
         worker.join(timeout=30)
         assert worker.exitcode == 0
     torch.set_num_threads(1)
-    for name, (guidance, bands) in CASES.items():
+    for name, (guidance, bands, split) in CASES.items():
         backend = backend_with(guidance)
         x, sigma = window(backend)
         want = backend.velocity(x, sigma, backend.encode_prompt(PROMPT))  # [1, Ch, F, h, w]
         shares = sorted((rank, mine, v, received) for case, rank, mine, v, received in got if case == name)
         for rank, mine, v, _ in shares:
             torch.testing.assert_close(v, want[:, :, mine], rtol=0, atol=1e-5, msg=f"{name}: stage {rank}")
+        received = [received for *_, received in shares]
         row = x[0, :, 0].numel() + 1  # a frame's latents and its level
         by_branch = [max(bands) * row * 4 + want.numel() * 4] * 2  # the window's latents in, one branch's v out
-        assert ([received for *_, received in shares] == by_branch) == name.endswith("by branch"), name
+        assert (received == by_branch) == (split == "branch"), name
+        assert (received == [0, 0]) == (split == "alone"), name

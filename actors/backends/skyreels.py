@@ -150,10 +150,14 @@ class SkyReelsBackend:
         smallest band holds (fill and drain) keeps its bands: the exchange would cost more than it saves, and CPU
         attention rounds very short query blocks differently.
 
-        Two stages with guidance, both holding frames, split the call by branch instead (_branch_velocity): no
-        collective inside the model at all. (The window of one chunk at the start of a video stays with the split
-        of tokens: one branch of so few tokens alone rounds differently from the two batched.)"""
-        if cond.negative is not None and group.world == 2 and all(frames):
+        Two stages with guidance split the call by branch instead (_branch_velocity): no collective inside the model
+        at all. A window that one stage holds alone (the first shifts and the last ones) is that stage's call
+        alone, the other stages make none: on the shipped model it is faster than any split of so small a window,
+        and it is the one-stage call itself (one branch of the one-chunk window alone rounds differently from the
+        two batched)."""
+        if sum(1 for f in frames if f) == 1:
+            return self.velocity(x, sigma, cond) if x.shape[2] else torch.empty_like(x)
+        if cond.negative is not None and group.world == 2:
             return self._branch_velocity(group, x, sigma, cond, frames)
         if self.joint is None:
             self.joint = JointCalls(self.transformer)

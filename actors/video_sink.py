@@ -26,7 +26,7 @@ def write_outputs(config: Config, workdir: Path, video_segments: list[Path], lat
     out = Path(config.output.out)
     files = AtomicFiles()
     try:
-        segments.join_mp4(video_segments, files.reserve(out))
+        segments.join_mp4(video_segments, files.reserve(out), config.output.crf)
         if config.output.latents_out:
             segments.join_arrow(latent_segments, files.reserve(Path(config.output.latents_out)))
         files.reserve(config_path_for(out)).write_text(to_yaml(config))

@@ -53,7 +53,7 @@ def test_2a_an_unwritable_out_is_refused_before_any_frame(tmp_path, capsys):
 
 
 def test_2b_a_failed_final_join_keeps_every_frame_and_resume_finishes_elsewhere(tmp_path, capsys, monkeypatch):
-    def disk_full(segments, out):
+    def disk_full(segments, out, crf):
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:

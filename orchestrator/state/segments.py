@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import pyarrow as pa
+import torch
 
 from orchestrator.core.errors import UserError
+from orchestrator.state.outputs import Mp4Writer
 
 CLOSED = re.compile(r"^(?P<kind>seg|lat)-(?P<start>\d{9})-(?P<end>\d{9})\.(?:mp4|arrow)$")
 
@@ -77,10 +80,45 @@ def display_ranks(segment: Path) -> list[int]:
     return [rank[pts] for pts in shown]
 
 
-def join_mp4(segments: list[Path], out: Path) -> None:
-    """Concatenate H.264 MP4 segments made with identical settings, without re-encoding. Frame k of the joined
-    video is shown k frame durations in; packets are decoded one frame duration apart and `delay` frames ahead,
-    the deepest reordering of any segment, so timestamps increase across segments whatever their B-frames."""
+def encoder_headers(segment: Path) -> bytes:
+    """The H.264 parameter sets of an MP4 segment: what its encoder's settings (crf, preset, size, rate) made of
+    the stream's headers, which a decoder needs to read its packets."""
+    with av.open(str(segment)) as part:
+        return bytes(part.streams.video[0].codec_context.extradata or b"")
+
+
+def reencode(segment: Path, out: Path, crf: int) -> Path:
+    """The segment's frames encoded anew at `crf` with this version's encoder, frame by frame (constant memory)."""
+    with av.open(str(segment)) as part:
+        source = part.streams.video[0]
+        writer = Mp4Writer(out, float(source.guessed_rate), source.codec_context.width, source.codec_context.height,
+                           crf)
+        for frame in part.decode(source):
+            writer.write(torch.from_numpy(frame.to_ndarray(format="rgb24"))[None])  # [1, H, W, 3]
+        writer.close()
+    return out
+
+
+def join_mp4(segments: list[Path], out: Path, crf: int) -> None:
+    """Concatenate H.264 MP4 segments into one video. The joined stream has one set of headers, the last segment's
+    (made at `crf` by this version); a segment encoded with other settings (before a resume that changed
+    output.crf, or by an earlier version) could not be decoded under them, so it is re-encoded to match first.
+    The others are copied as they are, packet by packet. Frame k of the joined video is shown k frame durations
+    in; packets are decoded one frame duration apart and `delay` frames ahead, the deepest reordering of any
+    segment, so timestamps increase across segments whatever their B-frames."""
+    with tempfile.TemporaryDirectory(prefix="pavdm-join-") as scratch:
+        headers = encoder_headers(segments[-1]) if segments else b""
+        parts = [segment if encoder_headers(segment) == headers else reencode(segment, Path(scratch) / f"{i}.mp4", crf)
+                 for i, segment in enumerate(segments)]
+        for segment, part in zip(segments, parts, strict=True):
+            if encoder_headers(part) != headers:
+                raise ValueError(f"{segment} cannot be joined to {segments[-1]}: re-encoded at crf {crf} its H.264 "
+                                 f"headers still differ from those of the last segment")
+        copy_packets(parts, out)
+
+
+def copy_packets(segments: list[Path], out: Path) -> None:
+    """join_mp4 of segments with identical headers."""
     ranks = [display_ranks(segment) for segment in segments]
     delay = max((decoded - shown for order in ranks for decoded, shown in enumerate(order)), default=0)
     with av.open(str(out), "w", format="mp4") as joined:

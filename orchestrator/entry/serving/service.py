@@ -311,9 +311,11 @@ class VideoService:
             parts_mp4.insert(0, parent / "content.mp4")
             parts_latents.insert(0, parent / "latents_all.arrow")
         try:
-            for parts, name in ((parts_mp4, "content.mp4"), (parts_latents, "latents_all.arrow")):
+            joins = {"content.mp4": lambda temp: segments.join_mp4(parts_mp4, temp, config.output.crf),
+                     "latents_all.arrow": lambda temp: segments.join_arrow(parts_latents, temp)}
+            for name, join in joins.items():
                 temp = partial_path(folder / name)
-                (segments.join_mp4 if name.endswith(".mp4") else segments.join_arrow)(parts, temp)
+                join(temp)
                 os.replace(temp, folder / name)
         except OSError as err:
             record.error = f"could not assemble the video: {err}"

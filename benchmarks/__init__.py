@@ -16,7 +16,7 @@ def timing_parser(doc: str, seconds: float, threads: int) -> argparse.ArgumentPa
 
 def start_ray(num_cpus: int | None = None) -> None:
     """A local Ray cluster set up as `pavdm` sets up its own: workers at the driver's priority (Ray's default
-    niceness 15 would put the stages behind every other process) and a bounded record of finished tasks."""
+    niceness 15 would put the stages behind every other process), without Ray's record of tasks and its metrics."""
     import ray
 
     from orchestrator.engine.ray_pipeline import OWN_CLUSTER

@@ -63,17 +63,18 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["medium", "faster", "veryfast", "superfast"])
     args = parser.parse_args()
     frames, config = shipped_frames(args.seconds)
-    folder = Path(tempfile.mkdtemp(prefix="pavdm-bench-mp4-"))
-    times: dict[str, list[float]] = {preset: [] for preset in args.presets}
-    for _ in range(args.repeats):
-        for preset in args.presets:
-            times[preset].append(encode(frames, config, preset, folder / f"{preset}.mp4"))
-    print(f"{len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, crf {config.output.crf}, one thread, "
-          f"median of {args.repeats}")
-    for preset, runs in times.items():
-        path = folder / f"{preset}.mp4"
-        print(f"  {preset:10s} {100 * statistics.median(runs) / len(frames):5.2f} CPU s per 100 frames  "
-              f"{path.stat().st_size / 1024:6.0f} KiB  PSNR {psnr(frames, path):5.2f} dB")
+    with tempfile.TemporaryDirectory(prefix="pavdm-bench-mp4-") as scratch:
+        folder = Path(scratch)
+        times: dict[str, list[float]] = {preset: [] for preset in args.presets}
+        for _ in range(args.repeats):
+            for preset in args.presets:
+                times[preset].append(encode(frames, config, preset, folder / f"{preset}.mp4"))
+        print(f"{len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, crf {config.output.crf}, one thread, "
+              f"median of {args.repeats}")
+        for preset, runs in times.items():
+            path = folder / f"{preset}.mp4"
+            print(f"  {preset:10s} {100 * statistics.median(runs) / len(frames):5.2f} CPU s per 100 frames  "
+                  f"{path.stat().st_size / 1024:6.0f} KiB  PSNR {psnr(frames, path):5.2f} dB")
 
 
 if __name__ == "__main__":

@@ -108,12 +108,15 @@ def join_mp4(segments: list[Path], out: Path, crf: int) -> None:
     segment, so timestamps increase across segments whatever their B-frames."""
     with tempfile.TemporaryDirectory(prefix="pavdm-join-") as scratch:
         headers = encoder_headers(segments[-1]) if segments else b""
-        parts = [segment if encoder_headers(segment) == headers else reencode(segment, Path(scratch) / f"{i}.mp4", crf)
-                 for i, segment in enumerate(segments)]
-        for segment, part in zip(segments, parts, strict=True):
-            if encoder_headers(part) != headers:
-                raise ValueError(f"{segment} cannot be joined to {segments[-1]}: re-encoded at crf {crf} its H.264 "
-                                 f"headers still differ from those of the last segment")
+        parts = []
+        for i, segment in enumerate(segments):
+            if encoder_headers(segment) != headers:
+                parts.append(reencode(segment, Path(scratch) / f"{i}.mp4", crf))
+                if encoder_headers(parts[-1]) != headers:
+                    raise ValueError(f"{segment} cannot be joined to {segments[-1]}: re-encoded at crf {crf} its "
+                                     f"H.264 headers still differ from those of the last segment")
+            else:
+                parts.append(segment)
         copy_packets(parts, out)
 
 

@@ -103,7 +103,7 @@ class Stage:
         """For every stream in `plans`: take what the band needs from the peers' published chunks (with their solver
         history), draw its entering noise; then the model calls (batched across streams); keep `plan.keep`.
 
-        Returns (published chunks, emitted (index, chunk) pairs per stream, stats).
+        Returns (published chunks of the streams whose plan publishes, emitted (index, chunk) pairs per stream, stats).
         """
         started = time.time()
         received = 0
@@ -135,7 +135,8 @@ class Stage:
             window = self.streams[stream]
             emitted[stream] = [(m, window.store.chunks[m]) for m in plan.emit]
             window.store = window.store.only(plan.keep)
-            published[stream] = window.store.copy()
+            if plan.publish:
+                published[stream] = window.store.copy()
             if plan.final:
                 del self.streams[stream]
         stats = TickStats(self.index, min(p.tick.index for p in plans.values()), call_seconds, started, time.time(),

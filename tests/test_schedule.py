@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.core.partition import Partition, band_views, shares
+from orchestrator.core.planner import TickPlanner
 from orchestrator.core.schedule import Geometry, chunks_for_frames, level_sigmas, ticks, total_ticks
 
 geometries = st.builds(
@@ -122,6 +123,22 @@ def test_joint_slices_tile_the_window_and_every_stage_takes_part(g, num_chunks, 
             edge = view.stop
         assert edge == n_ctx + len(tick.noisy)
         assert sum(shares(views)) == edge
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometries, st.integers(1, 30), st.integers(1, 7), st.sampled_from(["context", "halo"]),
+       st.one_of(st.just("all"), st.integers(0, 2)), st.integers(0, 3))
+def test_stages_hand_on_chunks_only_when_they_are_read(g, num_chunks, stages, parallel, halo, init):
+    """Without halos, chunks change bands only between shifts: a stage publishes its chunks at a shift's last
+    tick (where checkpoints read them too) and no tick reads chunks from another stage after a tick that did not
+    publish (the planner raises if one would). Halo bands read their neighbours every tick."""
+    stages = min(stages, g.noisy)
+    partition = Partition.from_config(stages, halo, g.noisy, parallel)
+    planner = TickPlanner(partition, g.noisy, g.context, {m: stages - 1 for m in range(-init, 0)})
+    every_tick = stages > 1 and not partition.joint
+    for tick in ticks(g, num_chunks, init):
+        for stage_tick, _ in planner.plan(tick, ""):
+            assert stage_tick.publish == (tick.boundary or every_tick)
 
 
 def test_too_many_stages_is_a_user_error():

@@ -21,6 +21,7 @@ class StageTick:
     prompt: str
     final: bool = False  # the stream's last tick: the stage forgets it afterwards
     shares: tuple[int, ...] = ()  # joint partition: the chunks every stage's slice holds, stage 0 first
+    publish: bool = True  # hand the held chunks on after the tick: a stage or a checkpoint reads them next
 
 
 @dataclass
@@ -31,11 +32,15 @@ class TickPlanner:
     noisy: int
     context: int
     holder: dict[int, int] = field(default_factory=dict)  # chunk -> stage that holds it after the last tick
+    published: bool = True  # whether the last tick's stages handed on their chunks (a start always does)
 
     def __post_init__(self):
         self.bands = self.partition.bands(self.noisy)
         self.last = len(self.bands) - 1
         self.stage_of = {p: j for j, band in enumerate(self.bands) for p in band}
+        # Halo bands read their neighbours' chunks every tick; otherwise chunks change bands only between shifts
+        # (or blocks), so the stages hand them on, and checkpoints read them, only at a shift's last tick.
+        self.reads_every_tick = len(self.bands) > 1 and not self.partition.joint
 
     def plan(self, tick: Tick, prompt: str) -> list[tuple[StageTick, set[int]]]:
         """For every stage: its StageTick and the stages whose published chunks it reads."""
@@ -44,6 +49,7 @@ class TickPlanner:
         context_after = tick.context_after(self.context)
         entries = [c.chunk for c in tick.context] + [u.chunk for u in tick.noisy]
         plans = []
+        publish = tick.boundary or self.reads_every_tick
         for j in range(len(self.bands)):
             own = {u.chunk for u in tick.noisy if self.stage_of[u.position] == j}
             emit = tuple(m for m in tick.finished if m in own)
@@ -54,7 +60,10 @@ class TickPlanner:
             wanted = keep | (set(entries[view.start : view.stop]) if view else set())
             draw = tuple(m for m in tick.entering if m in wanted)
             sources = {self.holder[m] for m in wanted - set(draw)} - {j}
+            if sources and not self.published:
+                raise RuntimeError(f"tick {tick.index} reads chunks that the stages did not hand on after the last")
             plans.append((StageTick(tick, view, draw, frozenset(keep), frozenset(wanted), emit, prompt,
-                                    shares=split), sources))
+                                    shares=split, publish=publish), sources))
         self.holder = {m: j for j, (stage_tick, _) in enumerate(plans) for m in stage_tick.keep}
+        self.published = publish
         return plans

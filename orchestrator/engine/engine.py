@@ -97,6 +97,7 @@ class Engine:
                 schedule = itertools.chain([tick], schedule)
                 break
             planner.plan(tick, "")
+        planner.published = True  # the first tick reads the start's shares
         shares = [start.window.only([m for m in start.window.chunks if planner.holder[m] == j])
                   for j in range(self.executor.stages_count)]
         start_refs = self.executor.start(job.id, config.seed, g, shares)

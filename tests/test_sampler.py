@@ -8,8 +8,8 @@ import torch
 
 from actors.backends.gaussian import GaussianProcessBackend
 from orchestrator.core.config import ModelConfig, ScheduleConfig, Solver
-from orchestrator.core.partition import Partition, band_views
-from orchestrator.core.sampler import LevelGrid, NoiseSource, Window, band_inputs, sample
+from orchestrator.core.partition import Partition, band_views, shares
+from orchestrator.core.sampler import LevelGrid, NoiseSource, Window, band_inputs, denoise_views, sample, single_cond
 from orchestrator.core.schedule import Geometry, ticks
 from orchestrator.core.solvers import posterior_step
 
@@ -171,3 +171,42 @@ def test_window_never_exceeds_context_plus_noisy_chunks():
 
     list(sample(velocity, g, 60, NoiseSource(0, (2, 3, 8, 8)), lambda m: None))
     assert max(live) == g.context + g.noisy
+
+
+def test_a_joint_window_that_one_stage_holds_alone_is_that_stages_own_call():
+    """Context mode, fill and drain: where one stage holds the whole window, it makes the one-stage call of the
+    whole window and the other stage makes none; the shared call is not used."""
+    g = Geometry.from_config(ScheduleConfig(chunk=3, noisy_chunks=4, steps=8))
+    partition = Partition.from_config(2, "all", g.noisy, "context")
+    grid, noise = LevelGrid.of(g), NoiseSource(7, (2, g.chunk, 8, 8))
+
+    def no_shared(*args, **kwargs):
+        raise AssertionError("a window that one stage holds went to the shared call")
+
+    frames: list[int] = []  # the frames of every model call made
+
+    def velocity(x, sigma, cond):
+        frames.append(x.shape[2])  # x [B, Ch, F, H, W]
+        return BACKEND.velocity(x, sigma, cond)
+
+    alone = 0
+    for tick in ticks(g, 5):
+        views = band_views(tick, partition, g.noisy)
+        split = shares(views)
+        if sum(1 for n in split if n) != 1:
+            continue
+        alone += 1
+        window = Window({m: noise.chunk(m) for m in [c.chunk for c in tick.context] + [u.chunk for u in tick.noisy]})
+        (whole,) = band_views(tick, Partition(), g.noisy)
+        (want,) = denoise_views(BACKEND.velocity, single_cond, grid, [(tick, whole, window, noise, None)])
+        for view in views:
+            frames.clear()
+            (got,) = denoise_views(velocity, single_cond, grid, [(tick, view, window, noise, None)], shares=[split],
+                                   shared=no_shared)
+            if view.own:
+                assert frames == [(len(tick.context) + len(tick.noisy)) * g.chunk]
+                assert got.chunks.keys() == want.chunks.keys()
+                assert all(torch.equal(got.chunks[m], want.chunks[m]) for m in want.chunks)
+            else:
+                assert frames == [] and not got.chunks
+    assert alone == 2 * g.substeps * 2  # the first two shifts and the last two

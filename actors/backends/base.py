@@ -62,7 +62,8 @@ class Backend(Protocol):
                         frames: tuple[int, ...]) -> torch.Tensor:
         """A joint call (pipeline.parallel=context): the velocity of this stage's frames x [B, Ch, F_j, h, w] with
         the whole window in view, made together with the other stages of `group` (a StageGroup); `frames` gives
-        each stage's latent frames, stage 0 first."""
+        each stage's latent frames, stage 0 first (at least two stages hold frames: a window one stage holds alone
+        is its plain `velocity` call)."""
 
 
 class PromptEncodings:

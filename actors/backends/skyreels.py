@@ -151,12 +151,7 @@ class SkyReelsBackend:
         attention rounds very short query blocks differently.
 
         Two stages with guidance split the call by branch instead (_branch_velocity): no collective inside the model
-        at all. A window that one stage holds alone (the first shifts and the last ones) is that stage's call
-        alone, the other stages make none: on the shipped model it is faster than the split of tokens of so small a
-        window, and it is the one-stage call itself (one branch of the one-chunk window alone rounds differently
-        from the two batched, so the split by branch would move the video off one stage's)."""
-        if sum(1 for f in frames if f) == 1:
-            return self.velocity(x, sigma, cond) if x.shape[2] else torch.empty_like(x)
+        at all."""
         if cond.negative is not None and group.world == 2:
             return self._branch_velocity(group, x, sigma, cond, frames)
         if self.joint is None:

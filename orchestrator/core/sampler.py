@@ -194,8 +194,8 @@ def denoise_batch(velocity: VelocityFn, grid: LevelGrid, calls: list[BandCall], 
 
 class SharedVelocityFn(Protocol):
     """A joint call's contract: this stage's slice x[B, C, F_j, H, W] and sigma[B, F_j] of a window split among the
-    stages as `frames` (latent frames per stage, stage 0 first) -> v of this stage's slice, computed with the whole
-    window in view; every stage makes the same calls, in the same order."""
+    stages as `frames` (latent frames per stage, stage 0 first; at least two hold frames) -> v of this stage's
+    slice, computed with the whole window in view; every stage makes the same calls, in the same order."""
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any, frames: tuple[int, ...]) -> torch.Tensor: ...
 
@@ -209,7 +209,9 @@ def denoise_views(
     same shape share one batched model call. Returns each band's own chunks after the step, with their history.
 
     Joint calls: with `shares` (one per entry: how its window is split among the stages), the entries split alike
-    share one batched call through `shared`, made together with the other stages in sorted order of the split."""
+    share one batched call through `shared`, made together with the other stages in sorted order of the split. A
+    window that one stage holds alone (fill and drain) is that stage's own call of `velocity` and the others make
+    none: no collectives, and exactly one stage's result."""
     calls = [BandCall(*band_inputs(tick, view, window, noise, grid), cond, noise.chunk_shape)
              for tick, view, window, noise, cond in bands]
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -219,8 +221,12 @@ def denoise_views(
     for key in sorted(groups):
         members = groups[key]
         per_chunk = calls[members[0]].chunk_shape[1]
-        call_velocity = velocity if shares is None else functools.partial(shared, frames=tuple(
-            n * per_chunk for n in key))
+        if shares is None or sum(1 for n in key if n) == 1:  # a window of one stage: its own call
+            if not calls[members[0]].chunks:
+                continue  # another stage holds the whole window
+            call_velocity = velocity
+        else:
+            call_velocity = functools.partial(shared, frames=tuple(n * per_chunk for n in key))
         for i, steps in zip(members, denoise_batch(call_velocity, grid, [calls[i] for i in members], join_conds),
                             strict=True):
             updated[i] = steps

@@ -4,7 +4,6 @@ self-attention over the stages.
     python -m benchmarks.context_parallel speed        [--seconds 60] [--repeats 1]
     python -m benchmarks.context_parallel collectives  [--seconds 10] [--stages 2 3 4]
     python -m benchmarks.context_parallel cores        [--calls 20] [--repeats 3]
-    python -m benchmarks.context_parallel sink         [--seconds 20] [--repeats 6]
     python -m benchmarks.context_parallel attention    [--stages 2 3 4] [--repeats 20] [--batch 2] [--tokens 960]
                                                        [--heads 4] [--head-dim 32] [--frame-tokens 64]
 
@@ -19,9 +18,6 @@ without the pipeline around it, three ways in turns: one process alone, two inde
 this machine gives two processes), and two processes computing each call together as context mode's stages do
 (each with its band, gloo on loopback); it prints the median ms per call, of which in collectives (waits
 included), and the ratios over the one process.
-`sink` makes the shipped model's video with two stages in context mode on one thread each, on two pipelines
-built at once, in turns: one as shipped (the sink computes on idle cores only, SCHED_IDLE) and one whose sink runs
-at niceness 10 instead; it prints their medians and the ratio.
 `attention` times one self-attention call shared by P processes (gloo on loopback, one thread each) three ways:
 the all-gather of keys and values that context mode ships, Ulysses (an all-to-all from a token split to a head
 split and back; only where P divides the heads) and ring attention (P - 1 passes of key and value blocks to the
@@ -37,7 +33,6 @@ difference from single-process attention, which must be < 1e-4 (else it exits no
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
@@ -50,15 +45,14 @@ import torch.nn.functional as F
 from actors.backends.collective import StageGroup, even_split, free_port
 from actors.backends.factory import build_backend, frame_count
 from benchmarks import start_ray
-from benchmarks.pipeline import run_once, runner_for, time_pipeline, with_topology
+from benchmarks.pipeline import run_once, runner_for, with_topology
 from orchestrator.core.config import Config
 from orchestrator.core.partition import Partition
 from orchestrator.core.prompts import split_entry
 from orchestrator.core.schedule import total_ticks
-from orchestrator.engine import ray_pipeline
 from orchestrator.engine.metrics import PipelineMetrics
 from orchestrator.engine.plan import plan_video
-from orchestrator.engine.ray_pipeline import SINK_NICENESS, Pipeline
+from orchestrator.engine.ray_pipeline import Pipeline
 from orchestrator.state.outputs import read_latents
 from orchestrator.state.settings import load_config
 
@@ -91,38 +85,6 @@ def speed(args) -> None:
     print(f"  P=2 context / P=1: {two / one:.2f}x;  P=2 context / in process on 2 threads: {two / local:.2f}x")
     a, b = (read_latents(configs[label].output.latents_out) for label in list(configs)[:2])
     print(f"  largest |latent difference| P=2 context vs P=1: {(a - b).abs().max().item():.2e}")
-
-
-def niceness_only(sink) -> None:
-    """The sink's policy without idle scheduling: niceness SINK_NICENESS."""
-    os.nice(SINK_NICENESS)
-
-
-def sink(args) -> None:
-    idle, niced = "sink on idle cores (shipped)", "sink at niceness 10"
-    configs = {idle: shipped(args.seconds, 2, 1, 0.5), niced: shipped(args.seconds, 2, 1, 0.5)}
-    pipelines = {idle: Pipeline(configs[idle])}
-    shipped_policy, ray_pipeline.yield_cores = ray_pipeline.yield_cores, niceness_only
-    try:
-        pipelines[niced] = Pipeline(configs[niced])
-    finally:
-        ray_pipeline.yield_cores = shipped_policy
-    times: dict[str, list[float]] = {label: [] for label in configs}
-    try:
-        for label in configs:
-            time_pipeline(pipelines[label], configs[label])  # warm-up
-        for _ in range(args.repeats):
-            for label in configs:
-                times[label].append(time_pipeline(pipelines[label], configs[label]))
-    finally:
-        for pipeline in pipelines.values():
-            pipeline.shutdown()
-    frames = round(args.seconds * next(iter(configs.values())).fps)
-    print(f"{frames} frames of the shipped model, P=2 context mode, 1 thread each, median of {args.repeats}")
-    for label, runs in times.items():
-        print(f"  {label:30s} {frames / statistics.median(runs):6.2f} frames/s  "
-              f"runs: {', '.join(f'{t:.1f}s' for t in runs)}")
-    print(f"  idle cores / niceness 10: {statistics.median(times[niced]) / statistics.median(times[idle]):.3f}x")
 
 
 def collectives(args) -> None:
@@ -376,9 +338,6 @@ def main() -> None:
     run_collectives = sub.add_parser("collectives")
     run_collectives.add_argument("--seconds", type=float, default=10.0)
     run_collectives.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
-    run_sink = sub.add_parser("sink")
-    run_sink.add_argument("--seconds", type=float, default=20.0)
-    run_sink.add_argument("--repeats", type=int, default=6)
     run_cores = sub.add_parser("cores")
     run_cores.add_argument("--calls", type=int, default=20)
     run_cores.add_argument("--repeats", type=int, default=3)
@@ -401,7 +360,7 @@ def main() -> None:
         return
     start_ray(2)
     try:
-        {"speed": speed, "collectives": collectives, "sink": sink}[args.command](args)
+        {"speed": speed, "collectives": collectives}[args.command](args)
     finally:
         ray.shutdown()
 

@@ -27,23 +27,12 @@ from orchestrator.engine.ray_errors import remote_cause, stage_died, unwrap_get
 log = logging.getLogger(__name__)
 
 
-SINK_NICENESS = 10  # the sink actor's where Linux's idle scheduling is not available (see yield_cores)
+SINK_NICENESS = 10  # the sink actor's: its work waits for the stages' (see Pipeline)
 
 # A cluster of our own: its workers at the driver's priority (Ray starts them at niceness 15, behind every other
 # process on the node), and without Ray's own bookkeeping of every task and its own metrics (several tasks run per
 # tick, and that work takes the cores the stages compute on; pavdm exports its own metrics).
 OWN_CLUSTER = {"worker_niceness": 0, "task_events_report_interval_ms": 0, "enable_metrics_collection": False}
-
-
-def yield_cores(sink: Sink) -> None:
-    """Run in the sink actor's task thread: it, and the encoder threads it starts, compute only on cores that the
-    stages leave idle (Linux SCHED_IDLE), elsewhere at niceness SINK_NICENESS. The stages wait for each other at
-    every joint call, so a stage that the sink interrupts holds up all of them; the sink's work waits instead,
-    within the ticks the driver keeps in flight (pipeline.lookahead), and the stages' waits leave it time."""
-    if hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    else:
-        os.nice(SINK_NICENESS)
 
 
 @contextlib.contextmanager
@@ -102,7 +91,8 @@ class Pipeline:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         sink_cls = ray.remote(concurrency_groups={Sink.SUBSCRIBERS: 8})(Sink)
         self.sink = sink_cls.options(num_cpus=0, scheduling_strategy=here).remote()  # writes files on this node
-        self.sink.__ray_call__.remote(yield_cores)  # its encoding is off the critical path: the stages' is not
+        # The sink's encoding is off the critical path (ticks run ahead of it): it yields the cores to the stages.
+        self.sink.__ray_call__.remote(lambda sink: os.nice(SINK_NICENESS))
         try:
             shapes = ray.get([stage.ready.remote() for stage in self.stages], timeout=cfg.start_timeout)
         except RayTaskError as err:

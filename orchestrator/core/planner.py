@@ -38,9 +38,9 @@ class TickPlanner:
         self.bands = self.partition.bands(self.noisy)
         self.last = len(self.bands) - 1
         self.stage_of = {p: j for j, band in enumerate(self.bands) for p in band}
-        # Halo bands read their neighbours' chunks every tick; otherwise chunks change bands only between shifts
-        # (or blocks), so the stages hand them on, and checkpoints read them, only at a shift's last tick.
-        self.reads_every_tick = len(self.bands) > 1 and not self.partition.joint
+        # Halo bands (h > 0) read their neighbours' chunks every tick; otherwise chunks change bands only between
+        # shifts (or blocks), so the stages hand them on, and checkpoints read them, only at a shift's last tick.
+        self.reads_every_tick = len(self.bands) > 1 and not self.partition.joint and self.partition.halo != 0
 
     def plan(self, tick: Tick, prompt: str) -> list[tuple[StageTick, set[int]]]:
         """For every stage: its StageTick and the stages whose published chunks it reads."""

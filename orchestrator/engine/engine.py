@@ -259,6 +259,8 @@ class Engine:
             self.metrics.prompt_changes.labels(job.id).inc()
 
     def checkpoint(self, stream: ActiveStream, tick: Tick) -> None:
+        if not stream.planner.published:
+            raise RuntimeError(f"a checkpoint after tick {tick.index}, whose chunks the stages did not hand on")
         checkpointer, published = stream.checkpointer, self.states
 
         def take() -> int:

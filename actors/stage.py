@@ -13,6 +13,7 @@ import torch
 from actors.backends.base import Backend, PromptEncodings
 from actors.backends.collective import CollectiveStats, StageGroup, free_port
 from actors.backends.factory import build_backend
+from actors.cores import bind_own_cores
 from orchestrator.core.config import ModelConfig
 from orchestrator.core.errors import UserError
 from orchestrator.core.planner import StageTick
@@ -51,16 +52,19 @@ class Stage:
     A stage carries several streams at once; every tick, the calls of all its streams whose band slices have
     the same shape are one batched model call."""
 
-    def __init__(self, index: int, model: ModelConfig, threads: int, backend: Backend | None = None):
+    def __init__(self, index: int, model: ModelConfig, threads: int, backend: Backend | None = None,
+                 bind_cores: bool = False):
         """threads: torch threads of this process (0 leaves them as they are); backend: a model already loaded
-        (in process), else one is built from `model`."""
+        (in process), else one is built from `model`; bind_cores: a stage on the CPU computes on `threads` cores of
+        its own (actors/cores.py), where that many are free."""
         self.index = index
-        if threads:
-            torch.set_num_threads(threads)
         self.error = ""
         self.group: StageGroup | None = None  # set by join: the stages compute every call together
         if model.device == "cpu" and torch.cuda.is_available():  # the stage was given a GPU: it uses it
             model = dataclasses.replace(model, device="cuda")
+        self.cores = bind_own_cores(threads) if bind_cores and model.device == "cpu" else []
+        if threads:
+            torch.set_num_threads(threads)
         try:
             self.backend = backend or build_backend(model)
         except (UserError, OSError, ValueError) as err:

@@ -67,8 +67,8 @@ def shipped(seconds: float, stages: int, threads: int, num_cpus: float) -> Confi
 
 def speed(args) -> None:
     configs = {
-        "ray P=1 (1 thread)": shipped(args.seconds, 1, 1, 0.5),
-        "ray P=2 context (1 thread each)": shipped(args.seconds, 2, 1, 0.5),
+        "ray P=1 (1 thread)": shipped(args.seconds, 1, 1, 1.0),
+        "ray P=2 context (1 thread each)": shipped(args.seconds, 2, 1, 1.0),
         "in process (2 threads)": shipped(args.seconds, 0, 2, 0.5),
     }
     runners = {label: runner_for(config) for label, config in configs.items()}

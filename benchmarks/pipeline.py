@@ -65,13 +65,23 @@ def median_fps(frames: int, runs: list[float]) -> float:
 
 
 def runner_for(config: Config) -> Callable[[], float]:
-    """One timed video of `config` per call, its model loaded (or its Ray stages built) once, now: in process for
-    pipeline.stages = 0, else on a Ray pipeline."""
+    """One timed video of `config` per call: in process for pipeline.stages = 0, its model loaded once, now; else on
+    Ray stages built for the run before the clock starts and ended after it (as `pavdm generate` does), so that
+    pipelines taking turns never keep each other from their own cores (pipeline.bind_cores)."""
     if config.pipeline.stages == 0:
         backend = build_backend(config.model)
         return lambda: time_reference(config, backend)
-    pipeline = Pipeline(config)
-    return lambda: time_pipeline(pipeline, config)
+
+    def run() -> float:
+        pipeline = Pipeline(config)
+        pids = ray.get([stage.pid.remote() for stage in pipeline.stages])
+        try:
+            return time_pipeline(pipeline, config)
+        finally:
+            pipeline.shutdown()
+            psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=30)
+
+    return run
 
 
 def compare(args, label_a: str, config_a: Config, label_b: str, config_b: Config) -> None:
@@ -79,7 +89,7 @@ def compare(args, label_a: str, config_a: Config, label_b: str, config_b: Config
     frames = round(config_a.seconds * config_a.fps)
     runners = {label: runner_for(config) for label, config in ((label_a, config_a), (label_b, config_b))}
     for run in runners.values():
-        run()  # warm-up
+        run()  # warm-up (of the in-process model; Ray stages are new for every run)
     times = {label: [] for label in runners}
     for _ in range(args.repeats):
         for label, run in runners.items():
@@ -100,9 +110,8 @@ def overhead(args) -> None:
 
 def scaling(args) -> None:
     folder = temp_bench_model()
-    # both pipelines stay up during the comparison: reserve half a CPU per stage so three stages fit on two cores
-    one = with_topology(bench_config(folder, args.seconds), 1, args.halo, 1, 0.5)
-    two = with_topology(bench_config(folder, args.seconds), 2, args.halo, 1, 0.5)
+    one = with_topology(bench_config(folder, args.seconds), 1, args.halo, 1, 1.0)
+    two = with_topology(bench_config(folder, args.seconds), 2, args.halo, 1, 1.0)
     compare(args, f"ray P=1 h={args.halo} (1 thr)", one, f"ray P=2 h={args.halo} (1 thr each)", two)
 
 

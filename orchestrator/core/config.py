@@ -113,6 +113,10 @@ class PipelineConfig:
     """GPUs Ray reserves per stage actor; fractions allowed."""
     threads: int = 0
     """Torch threads per stage; 0 = every core of this process in process, max(1, round(num_cpus)) on Ray."""
+    bind_cores: bool = True
+    """Ray stages on the CPU each compute on pipeline.threads cores of their own, where every node has room for all
+    the stages' threads and no other process holds those cores (actors/cores.py); false leaves the placement of
+    their threads to the system."""
     lookahead: int = 2
     """Ticks the controller submits ahead of the slowest finished one."""
     max_streams: int = 4

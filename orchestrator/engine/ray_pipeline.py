@@ -77,6 +77,12 @@ def check_resources(cfg: PipelineConfig) -> None:
             )
 
 
+def room_for_own_cores(cores: int) -> bool:
+    """Whether every node of the cluster has `cores` CPUs: then the stages on any node can each be bound to cores
+    of their own (pipeline.bind_cores), however Ray places them; else none is bound."""
+    return all(node["Resources"].get("CPU", 0.0) >= cores for node in ray.nodes() if node["Alive"])
+
+
 class Pipeline:
     """The Ray executor (orchestrator/engine/executor.py): P stage actors and a sink actor, long-lived, so several
     videos can run on the same stages. Calls return ObjectRefs; the stages of one tick run in parallel."""
@@ -87,7 +93,8 @@ class Pipeline:
         threads = cfg.threads or max(1, round(cfg.num_cpus))
         stage_cls = ray.remote(Stage).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                                               scheduling_strategy="SPREAD" if cfg.spread else "DEFAULT")
-        self.stages = [stage_cls.remote(j, config.model, threads) for j in range(cfg.stages)]
+        bind = cfg.bind_cores and room_for_own_cores(cfg.stages * threads)
+        self.stages = [stage_cls.remote(j, config.model, threads, bind_cores=bind) for j in range(cfg.stages)]
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         sink_cls = ray.remote(concurrency_groups={Sink.SUBSCRIBERS: 8})(Sink)
         self.sink = sink_cls.options(num_cpus=0, scheduling_strategy=here).remote()  # writes files on this node

@@ -78,9 +78,10 @@ def check_resources(cfg: PipelineConfig) -> None:
 
 
 def room_for_own_cores(cores: int) -> bool:
-    """Whether every node of the cluster has `cores` CPUs: then the stages on any node can each be bound to cores
-    of their own (pipeline.bind_cores), however Ray places them; else none is bound."""
-    return all(node["Resources"].get("CPU", 0.0) >= cores for node in ray.nodes() if node["Alive"])
+    """Whether every node of the cluster that offers CPUs has `cores` of them: then the stages on any node can each
+    be bound to cores of their own (pipeline.bind_cores), however Ray places them; else none is bound."""
+    offered = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]]
+    return all(cpus >= cores for cpus in offered if cpus)
 
 
 class Pipeline:

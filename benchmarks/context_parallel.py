@@ -1,7 +1,7 @@
 """Context mode on CPU: speed against one stage, what its collectives cost per tick, and three ways to share
 self-attention over the stages.
 
-    python -m benchmarks.context_parallel speed        [--seconds 60] [--repeats 1]
+    python -m benchmarks.context_parallel speed        [--seconds 60] [--repeats 1] [--unbound]
     python -m benchmarks.context_parallel collectives  [--seconds 10] [--stages 2 3 4]
     python -m benchmarks.context_parallel cores        [--calls 20] [--repeats 3]
     python -m benchmarks.context_parallel attention    [--stages 2 3 4] [--repeats 20] [--batch 2] [--tokens 960]
@@ -11,6 +11,8 @@ self-attention over the stages.
 the Ray pipeline with one stage on one thread, the Ray pipeline with two stages in context mode on one thread each,
 and the in-process executor on two threads (the best single-stage use of two cores); it prints frames/s, the
 ratios, and the largest difference between the two-stage and the one-stage latents (the same video: < 1e-4).
+Ray stages are built for each run (untimed) and bound to cores of their own as `pavdm` binds them;
+`--unbound` adds a fourth turn, the two stages with pipeline.bind_cores=false, and its ratio to the bound ones.
 `collectives` runs the same model with P stages in context mode and prints, per tick and stage, the milliseconds
 spent in collectives (waiting for the other stages included) and the bytes received in them.
 `cores` times the shipped model's call on a whole window (15 latent frames, guidance) on one thread per process,
@@ -71,9 +73,12 @@ def speed(args) -> None:
         "ray P=2 context (1 thread each)": shipped(args.seconds, 2, 1, 1.0),
         "in process (2 threads)": shipped(args.seconds, 0, 2, 0.5),
     }
+    if args.unbound:
+        configs["ray P=2 context, unbound"] = shipped(args.seconds, 2, 1, 1.0)
+        configs["ray P=2 context, unbound"].pipeline.bind_cores = False
     runners = {label: runner_for(config) for label, config in configs.items()}
     times: dict[str, list[float]] = {label: [] for label in runners}
-    for _ in range(args.repeats):  # the three take turns, so that a slower spell of the machine falls on all three
+    for _ in range(args.repeats):  # they take turns, so that a slower spell of the machine falls on all of them
         for label, run in runners.items():
             times[label].append(run())
     frames = round(args.seconds * next(iter(configs.values())).fps)
@@ -81,8 +86,10 @@ def speed(args) -> None:
     print(f"{frames} frames of the shipped model, median of {args.repeats} run(s), models loaded beforehand")
     for label, runs in times.items():
         print(f"  {label:34s} {fps[label]:6.2f} frames/s  runs: {', '.join(f'{t:.1f}s' for t in runs)}")
-    one, two, local = (fps[label] for label in configs)
+    one, two, local, *unbound = fps.values()
     print(f"  P=2 context / P=1: {two / one:.2f}x;  P=2 context / in process on 2 threads: {two / local:.2f}x")
+    if unbound:
+        print(f"  P=2 context bound / unbound: {two / unbound[0]:.3f}x")
     a, b = (read_latents(configs[label].output.latents_out) for label in list(configs)[:2])
     print(f"  largest |latent difference| P=2 context vs P=1: {(a - b).abs().max().item():.2e}")
 
@@ -335,6 +342,7 @@ def main() -> None:
     run_speed = sub.add_parser("speed")
     run_speed.add_argument("--seconds", type=float, default=60.0)
     run_speed.add_argument("--repeats", type=int, default=1)
+    run_speed.add_argument("--unbound", action="store_true", help="also time P=2 with pipeline.bind_cores=false")
     run_collectives = sub.add_parser("collectives")
     run_collectives.add_argument("--seconds", type=float, default=10.0)
     run_collectives.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])

@@ -128,7 +128,7 @@ def test_6a_runs_lists_every_folder_resume_takes(tmp_path, capsys):
 
 def test_6b_an_interrupted_batch_row_is_recorded_interrupted_with_its_reason(tmp_path):
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out"
-    prompts.write_text(json.dumps({"id": "long", "prompt": "a red circle", "seconds": 600}) + "\n")
+    prompts.write_text(json.dumps({"id": "long", "prompt": "a red circle", "seconds": 3600}) + "\n")
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     process = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.entry.cli", "batch", str(prompts), "--out", str(out), "--quiet",

@@ -128,13 +128,19 @@ def test_6a_runs_lists_every_folder_resume_takes(tmp_path, capsys):
 
 def test_6b_an_interrupted_batch_row_is_recorded_interrupted_with_its_reason(tmp_path):
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out"
-    prompts.write_text(json.dumps({"id": "long", "prompt": "a red circle", "seconds": 3600}) + "\n")
+    prompts.write_text(json.dumps({"id": "long", "prompt": "a red circle", "seconds": 600}) + "\n")
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.entry.cli", "batch", str(prompts), "--out", str(out), "--quiet",
-         "--model", "gaussian", "--root", str(tmp_path / "runs"), "model.height=8", "model.width=8",
-         "metrics.port=0", "pipeline.num_cpus=0.5"],
-        stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    # The child must take SIGINT as from a terminal even where this test runs with SIGINT ignored (a background job
+    # of a shell without job control), which a child would inherit: Python then leaves it ignored.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.entry.cli", "batch", str(prompts), "--out", str(out), "--quiet",
+             "--model", "gaussian", "--root", str(tmp_path / "runs"), "model.height=8", "model.width=8",
+             "metrics.port=0", "pipeline.num_cpus=0.5"],
+            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     status = next((tmp_path / "runs").glob("batch-*"), tmp_path) / "long" / "status.json"
     deadline = time.time() + 120
     while time.time() < deadline and '"frames_written": 0' in (status.read_text() if status.exists() else

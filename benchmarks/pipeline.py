@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -64,6 +65,15 @@ def median_fps(frames: int, runs: list[float]) -> float:
     return frames / statistics.median(runs)
 
 
+def live_processes(pids: list[int]) -> list[psutil.Process]:
+    """The processes of these ids that are still running."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append(psutil.Process(pid))
+    return found
+
+
 def runner_for(config: Config) -> Callable[[], float]:
     """One timed video of `config` per call: in process for pipeline.stages = 0, its model loaded once, now; else on
     Ray stages built for the run before the clock starts and ended after it (as `pavdm generate` does), so that
@@ -79,7 +89,7 @@ def runner_for(config: Config) -> Callable[[], float]:
             return time_pipeline(pipeline, config)
         finally:
             pipeline.shutdown()
-            psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=30)
+            psutil.wait_procs(live_processes(pids), timeout=30)
 
     return run
 

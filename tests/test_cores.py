@@ -4,7 +4,6 @@ Ray stages of a pipeline that has room compute each on its own."""
 import fcntl
 import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import ray
 from test_pipeline import models, small_config
 
 from actors import cores
+from benchmarks.cli_process import wait_until
 from orchestrator.engine.ray_pipeline import Pipeline
 
 USABLE = sorted(os.sched_getaffinity(0))
@@ -85,9 +85,7 @@ def no_core_claimed() -> bool:
 
 def stage_cores(config) -> list[tuple[list[int], list[int]]]:
     """Per stage of a pipeline built from `config`: the cores it claimed and the cores its thread may run on."""
-    deadline = time.monotonic() + 30
-    while not no_core_claimed() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(no_core_claimed, timeout=30, poll=0.2)
     pipeline = Pipeline(config)
     try:
         return ray.get([stage.__ray_call__.remote(lambda stage: (stage.cores, sorted(os.sched_getaffinity(0))))
